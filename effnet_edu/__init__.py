@@ -1,0 +1,54 @@
+"""effnet-edu: an exact, explorable EfficientNet for teaching.
+
+Everything a notebook needs is importable from here:
+
+    import effnet_edu as ee
+    model = ee.efficientnet("b0")   # or phi=1.5, or depth=2.0 / width=... / resolution=...
+    ee.count_params(model), ee.count_flops(model)
+    lite = ee.efficientnet_lite(0, pretrained=True); ee.predict(lite, photo)
+"""
+
+from .blocks import MBConv, MemoryEfficientSiLU, SqueezeExcitation, stochastic_depth
+from .model import (
+    BASELINE_STAGES,
+    LITE_VARIANTS,
+    EfficientNet,
+    EfficientNetConfig,
+    StageConfig,
+    efficientnet,
+    efficientnet_config,
+    efficientnet_lite,
+    efficientnet_lite_config,
+    scale_stages,
+)
+from .profiling import count_flops, count_params, measure_latency, profile
+from .scaling import (
+    ALPHA,
+    BETA,
+    GAMMA,
+    OFFICIAL_VARIANTS,
+    compound_coefficients,
+    explain_official_variants,
+    fit_phi,
+    flops_multiplier,
+    round_filters,
+    round_repeats,
+)
+from .weights import (
+    IMAGENET_CATEGORIES,
+    load_lukemelas_state_dict,
+    load_torchvision_state_dict,
+    predict,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALPHA", "BASELINE_STAGES", "BETA", "GAMMA", "IMAGENET_CATEGORIES", "LITE_VARIANTS",
+    "OFFICIAL_VARIANTS", "EfficientNet", "EfficientNetConfig", "MBConv", "MemoryEfficientSiLU",
+    "SqueezeExcitation", "StageConfig", "compound_coefficients", "count_flops", "count_params",
+    "efficientnet", "efficientnet_config", "efficientnet_lite", "efficientnet_lite_config",
+    "explain_official_variants", "fit_phi", "flops_multiplier", "load_lukemelas_state_dict",
+    "load_torchvision_state_dict", "measure_latency", "predict", "profile", "round_filters",
+    "round_repeats", "scale_stages", "stochastic_depth",
+]

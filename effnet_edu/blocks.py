@@ -1,0 +1,184 @@
+"""The layers EfficientNet is made of: conv-BN-activation, squeeze-and-excitation, MBConv.
+
+MBConv is MobileNetV2's inverted residual bottleneck (Sandler et al., 2018) with
+squeeze-and-excitation (Hu et al., 2018) and stochastic depth (Huang et al., 2016), as used by
+EfficientNet (Tan & Le, 2019, Section 4 and Table 1):
+
+    x (C_in) -> 1x1 expand (C_in * e) -> k x k depthwise, stride s -> SE -> 1x1 project (C_out)
+      \\_________________________ + (only if s == 1 and C_in == C_out) _________________________/
+
+Used by: notebook 02 (MBConv step by step), assignment A2, and `effnet_edu.model`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = ("silu", "memory_efficient_silu", "relu6")
+
+
+class _MemoryEfficientSiLUFunction(torch.autograd.Function):
+    """SiLU that saves only its input and recomputes sigmoid(x) in backward.
+
+    Autograd's x * sigmoid(x) keeps x, sigmoid(x) and the product alive for the backward pass.
+    Recomputing sigmoid trades a little compute for memory (a known EfficientNet complaint:
+    activations dominate training memory).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return F.silu(x)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        sigmoid = torch.sigmoid(x)
+        # d/dx [x * s(x)] = s(x) + x * s(x) * (1 - s(x)) = s(x) * (1 + x * (1 - s(x)))
+        return grad_output * sigmoid * (1 + x * (1 - sigmoid))
+
+
+class MemoryEfficientSiLU(nn.Module):
+    """Drop-in replacement for `nn.SiLU` with a smaller training memory footprint."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _MemoryEfficientSiLUFunction.apply(x)
+
+
+def make_activation(name: str) -> nn.Module:
+    """The activation module for a config name ("silu", "memory_efficient_silu" or "relu6")."""
+    if name == "silu":
+        return nn.SiLU(inplace=True)  # swish: x * sigmoid(x)
+    if name == "memory_efficient_silu":
+        return MemoryEfficientSiLU()
+    if name == "relu6":
+        return nn.ReLU6(inplace=True)  # EfficientNet-Lite: quantisation friendly
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+
+
+class Conv2dSame(nn.Conv2d):
+    """A convolution with TensorFlow's "SAME" padding, computed from the input size.
+
+    TensorFlow pads so that out = ceil(in / stride), putting the odd extra pixel on the
+    right/bottom. PyTorch's symmetric (k - 1) // 2 padding differs for stride-2 convolutions, and
+    weights trained in TensorFlow (EfficientNet-Lite) only reproduce their outputs with this.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s, d in zip(
+            reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride),
+            reversed(self.dilation), strict=True,
+        ):  # F.pad wants (left, right, top, bottom): width first
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads))
+
+
+class ConvBNActivation(nn.Module):
+    """Convolution -> BatchNorm -> activation (or none: the linear bottleneck)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
+        groups: int = 1, activation: str | None = "silu", bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1, padding: str = "symmetric",
+    ):
+        super().__init__()
+        if padding == "same":
+            self.conv = Conv2dSame(in_channels, out_channels, kernel_size, stride,
+                                   groups=groups, bias=False)
+        elif padding == "symmetric":
+            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
+                                  padding=(kernel_size - 1) // 2, groups=groups, bias=False)
+        else:
+            raise ValueError(f"padding must be 'symmetric' or 'same', got {padding!r}")
+        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
+        self.act = make_activation(activation) if activation is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel attention: pool to one value per channel, squeeze, excite, rescale.
+
+    The squeeze width comes from the block's *input* channels (C_in * se_ratio), not the expanded
+    width it operates on: for B0's stage 2, 96 expanded channels squeeze to 16 * 0.25 = 4.
+    """
+
+    def __init__(self, channels: int, squeeze_channels: int, activation: str = "silu"):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, squeeze_channels, 1)  # a 1x1 conv is a per-pixel FC
+        self.act = make_activation(activation)
+        self.expand = nn.Conv2d(squeeze_channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = x.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+        scale = self.expand(self.act(self.reduce(scale)))  # (B, C, 1, 1)
+        return x * torch.sigmoid(scale)
+
+
+def stochastic_depth(x: torch.Tensor, drop_probability: float, training: bool) -> torch.Tensor:
+    """Drop the whole residual branch for a random subset of samples (Huang et al., 2016).
+
+    Survivors are scaled by 1 / survival so the expected value is unchanged; at evaluation the
+    branch is always kept. (The official code calls this "drop connect".)
+    """
+    if not training or drop_probability == 0.0:
+        return x
+    survival = 1.0 - drop_probability
+    keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device)
+    keep.bernoulli_(survival)  # (B, 1, 1, 1): one coin per sample
+    return x * keep / survival
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck with optional squeeze-and-excitation and stochastic depth."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, expand_ratio: int, kernel_size: int,
+        stride: int, se_ratio: float = 0.25, stochastic_depth: float = 0.0,
+        activation: str = "silu", bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+        padding: str = "symmetric",
+    ):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+        if not 0.0 <= stochastic_depth < 1.0:
+            raise ValueError(f"stochastic_depth must be in [0, 1), got {stochastic_depth!r}")
+        norm = {"bn_eps": bn_eps, "bn_momentum": bn_momentum, "padding": padding}
+        expanded = in_channels * expand_ratio
+        # Expansion is skipped when the ratio is 1 (stage 1): a 1x1 conv C -> C would add nothing
+        # the depthwise conv cannot learn.
+        self.expand = (
+            ConvBNActivation(in_channels, expanded, 1, activation=activation, **norm)
+            if expand_ratio != 1 else None
+        )
+        self.depthwise = ConvBNActivation(expanded, expanded, kernel_size, stride,
+                                          groups=expanded, activation=activation, **norm)
+        self.se = (
+            SqueezeExcitation(expanded, max(1, int(in_channels * se_ratio)), activation)
+            if se_ratio else None
+        )
+        # Linear bottleneck: no activation after the projection, since ReLU-like functions on a
+        # narrow (low-dimensional) representation destroy information (MobileNetV2, Section 3.2).
+        self.project = ConvBNActivation(expanded, out_channels, 1, activation=None, **norm)
+        self.use_residual = stride == 1 and in_channels == out_channels
+        self.stochastic_depth = stochastic_depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x if self.expand is None else self.expand(x)  # (B, C_in * e, H, W)
+        out = self.depthwise(out)  # (B, C_in * e, H / s, W / s)
+        if self.se is not None:
+            out = self.se(out)
+        out = self.project(out)  # (B, C_out, H / s, W / s)
+        if self.use_residual:
+            out = stochastic_depth(out, self.stochastic_depth, self.training) + x
+        return out
+
+    def extra_repr(self) -> str:
+        return f"use_residual={self.use_residual}, stochastic_depth={self.stochastic_depth:.4f}"

@@ -1,0 +1,198 @@
+"""Counting what a network costs: parameters, multiply-adds (the paper's "FLOPs"), latency.
+
+The paper reports FLOPs as multiply-adds (B0: 0.39 B). We count them from first principles with
+forward hooks, per image:
+
+    Conv2d:  MACs = H_out * W_out * C_out * (C_in / groups) * k_h * k_w
+    Linear:  MACs = in_features * out_features
+
+(`torch.utils.flop_counter.FlopCounterMode` counts 2 FLOPs per multiply-add; the tests check we
+agree with it exactly.) BatchNorm, activations, pooling and the SE multiply are elementwise and
+left out, as in the paper.
+
+Used by: notebooks 01 and 03 (cost of scaling), the benchmarks, assignment A1.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or only those with requires_grad)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def conv2d_macs(conv: nn.Conv2d, output_shape: torch.Size) -> int:
+    """Multiply-adds of one Conv2d call for one image, given its output shape (B, C, H, W)."""
+    height, width = output_shape[-2:]
+    k_h, k_w = conv.kernel_size
+    return height * width * conv.out_channels * (conv.in_channels // conv.groups) * k_h * k_w
+
+
+def _resolution_of(model: nn.Module, resolution: int | None) -> int:
+    if resolution is None:
+        config = getattr(model, "config", None)
+        if config is None:
+            raise ValueError("pass resolution=...: the model carries no config to read it from")
+        resolution = config.resolution
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
+    return resolution
+
+
+@dataclass
+class LayerCost:
+    """One row of a profile: a module, its output shape for one image, its params and MACs."""
+
+    name: str
+    kind: str
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+
+
+class Profile(list):
+    """A list of `LayerCost` rows that also renders as a Markdown table in notebooks."""
+
+    @property
+    def total_macs(self) -> int:
+        return sum(row.macs for row in self)
+
+    @property
+    def total_params(self) -> int:
+        return sum(row.params for row in self)
+
+    def to_markdown(self) -> str:
+        lines = ["| layer | type | output shape | params | MACs (M) |", "|---|---|---|---|---|"]
+        for r in self:
+            shape = "x".join(str(s) for s in r.output_shape)
+            lines.append(f"| {r.name} | {r.kind} | {shape} | {r.params:,} | {r.macs / 1e6:,.2f} |")
+        lines.append(f"| **total** | | | {self.total_params:,} | {self.total_macs / 1e6:,.2f} |")
+        return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+def _leaf_macs(model: nn.Module, x: torch.Tensor) -> dict[nn.Module, int]:
+    """Run the model once and record the MACs of every Conv2d and Linear call."""
+    macs: dict[nn.Module, int] = {}
+
+    def hook(module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            cost = conv2d_macs(module, output.shape)
+        else:
+            cost = module.in_features * module.out_features
+        macs[module] = macs.get(module, 0) + cost
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return macs
+
+
+def profile(model: nn.Module, resolution: int | None = None, per_block: bool = False) -> Profile:
+    """Output shape, parameters and multiply-adds per part (stem, each stage, head, classifier).
+
+    With ``per_block=True`` every MBConv block is its own row. Counts are for one image.
+    """
+    resolution = _resolution_of(model, resolution)
+    parts: list[tuple[str, nn.Module]] = []
+    children = dict(model.named_children())
+    if "stages" in children:  # our EfficientNet
+        parts.append(("stem", model.stem))
+        for s, stage in enumerate(model.stages, start=1):
+            if per_block:
+                parts += [(f"stage {s}.{j}", block) for j, block in enumerate(stage)]
+            else:
+                parts.append((f"stage {s}", stage))
+        parts += [("head", model.head), ("pool", model.pool), ("classifier", model.classifier)]
+    else:
+        parts = list(children.items())
+    shapes: dict[nn.Module, tuple[int, ...]] = {}
+    handles = [m.register_forward_hook(
+        lambda mod, i, o: shapes.__setitem__(mod, tuple(o.shape[1:]))) for _, m in parts]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.zeros(1, 3, resolution, resolution, device=device)
+    try:
+        with torch.no_grad():
+            leaf = _leaf_macs(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    rows = Profile()
+    for name, module in parts:
+        macs = sum(leaf.get(m, 0) for m in module.modules())
+        kind = type(module).__name__ if not isinstance(module, nn.Sequential) else (
+            f"{len(module)} x {type(module[0]).__name__}")
+        rows.append(LayerCost(name, kind, shapes.get(module, ()), count_params(module), macs))
+    return rows
+
+
+def count_flops(model: nn.Module, resolution: int | None = None) -> int:
+    """Multiply-adds of one forward pass of one image (the paper's "FLOPs").
+
+    `resolution` defaults to the model's own input resolution (``model.config.resolution``).
+    """
+    resolution = _resolution_of(model, resolution)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            macs = _leaf_macs(model, torch.zeros(1, 3, resolution, resolution, device=device))
+    finally:
+        model.train(was_training)
+    return sum(macs.values())
+
+
+def measure_latency(
+    model: nn.Module, resolution: int | None = None, batch_size: int = 1,
+    device: str | torch.device = "cpu", warmup: int = 2, repeats: int = 5,
+    channels_last: bool = False,
+) -> dict[str, float]:
+    """Median wall-clock time of an inference forward pass, in milliseconds, and images/s.
+
+    Timings vary from run to run and machine to machine: report them with the machine.
+    """
+    resolution = _resolution_of(model, resolution)
+    if batch_size < 1 or repeats < 1 or warmup < 0:
+        raise ValueError(f"need batch_size >= 1, repeats >= 1, warmup >= 0; got {batch_size}, "
+                         f"{repeats}, {warmup}")
+    device = torch.device(device)
+    was_training = model.training
+    model.eval().to(device)
+    x = torch.randn(batch_size, 3, resolution, resolution, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    model.train(was_training)
+    median = statistics.median(times)
+    return {"ms": median * 1e3, "images_per_s": batch_size / median, "batch_size": batch_size}

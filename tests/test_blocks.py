@@ -1,0 +1,77 @@
+"""MBConv's rules: residual, squeeze width, stochastic depth, the memory-efficient swish."""
+
+import torch
+from torch import nn
+
+import effnet_edu as ee
+from effnet_edu.blocks import Conv2dSame
+
+
+def test_residual_rule():
+    assert ee.MBConv(16, 16, 6, 3, 1).use_residual
+    assert not ee.MBConv(16, 16, 6, 3, 2).use_residual  # stride 2 changes the shape
+    assert not ee.MBConv(16, 24, 6, 3, 1).use_residual  # channels change
+    block = ee.MBConv(16, 16, 6, 3, 1).eval()
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        branch = block.project(block.se(block.depthwise(block.expand(x))))
+        assert torch.allclose(block(x), branch + x)
+
+
+def test_squeeze_width_comes_from_input_channels():
+    block = ee.MBConv(16, 24, expand_ratio=6, kernel_size=3, stride=2)
+    assert block.se.reduce.in_channels == 96 and block.se.reduce.out_channels == 4
+    assert ee.MBConv(32, 16, 1, 3, 1).expand is None  # expand ratio 1: no expansion conv
+
+
+def test_stochastic_depth_drops_whole_samples_in_training_only():
+    x = torch.ones(1000, 4, 2, 2)
+    out = ee.stochastic_depth(x, 0.25, training=True)
+    per_sample = out.flatten(1)
+    kept = (per_sample != 0).all(dim=1)
+    assert ((per_sample == 0).all(dim=1) | kept).all()  # all or nothing per sample
+    assert torch.allclose(per_sample[kept], torch.full_like(per_sample[kept], 1 / 0.75))
+    assert 0.70 < kept.float().mean() < 0.80
+    assert torch.equal(ee.stochastic_depth(x, 0.25, training=False), x)
+
+    block = ee.MBConv(8, 8, 6, 3, 1, se_ratio=0.25, stochastic_depth=0.5)
+    block.eval()
+    y = torch.randn(4, 8, 5, 5)
+    assert torch.equal(block(y), block(y))  # eval mode is deterministic
+
+
+def test_memory_efficient_silu_has_the_same_gradient():
+    x = torch.randn(64, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ee.MemoryEfficientSiLU(), (x,))
+    y = x.detach().clone().requires_grad_()
+    nn.SiLU()(y).sum().backward()
+    x.grad = None
+    ee.MemoryEfficientSiLU()(x).sum().backward()
+    assert torch.allclose(x.grad, y.grad)
+
+
+def test_memory_efficient_model_matches_default():
+    plain = ee.efficientnet("b0", num_classes=5)
+    lean = ee.efficientnet("b0", num_classes=5, activation="memory_efficient_silu")
+    lean.load_state_dict(plain.state_dict())
+    plain, lean = plain.double(), lean.double()  # float64: a tight check on the gradients
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    plain.train()
+    lean.train()
+    torch.manual_seed(1)
+    plain(x).square().sum().backward()
+    torch.manual_seed(1)
+    lean(x).square().sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), lean.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, atol=1e-9, rtol=1e-7), name
+
+
+def test_tf_same_padding_output_size_and_asymmetry():
+    conv = Conv2dSame(1, 1, 3, stride=2, bias=False)
+    nn.init.ones_(conv.weight)
+    for size in (224, 225, 7, 8):
+        assert conv(torch.zeros(1, 1, size, size)).shape[-1] == -(-size // 2)
+    # Even input, stride 2: TF pads 0 on the left/top and 1 on the right/bottom.
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    out = conv(x)
+    assert out[0, 0, 0, 0] == x[0, 0, :3, :3].sum()

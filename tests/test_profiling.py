@@ -1,0 +1,84 @@
+"""FLOPs (multiply-adds) against FlopCounterMode and the paper; the 2^phi growth law."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import effnet_edu as ee
+
+
+def flop_counter_macs(model, resolution):
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, resolution, resolution))
+    return counter.get_total_flops() / 2  # FlopCounterMode counts 2 FLOPs per multiply-add
+
+
+@pytest.mark.parametrize("variant", ["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"])
+def test_count_flops_is_half_of_flop_counter_mode(variant):
+    model = ee.efficientnet(variant)
+    resolution = model.config.resolution
+    assert ee.count_flops(model) == flop_counter_macs(model, resolution)
+
+
+def test_count_flops_matches_the_paper():
+    assert ee.count_flops(ee.efficientnet("b0")) / 1e9 == pytest.approx(0.386, rel=0.01)
+    assert ee.count_flops(ee.efficientnet("b7")) / 1e9 == pytest.approx(37.7, rel=0.02)
+    # resolution override, and the same count in train mode (mode restored afterwards)
+    b2 = ee.efficientnet("b2").train()
+    assert ee.count_flops(b2, resolution=288) / 1e9 == pytest.approx(1.088, rel=0.001)
+    assert b2.training
+
+
+def test_flops_grow_as_about_2_to_the_phi():
+    """d * w^2 * r^2 predicts the growth; rounding makes real networks a bit more expensive.
+
+    Repeats are rounded *up* (ceil): at phi = 1 depth 1.2 turns B0's 16 blocks into 23 (x1.44,
+    the single-block first and last stages double), and channels round to multiples of 8. So the
+    measured ratio is never below the prediction and exceeds it by at most 35 %; the excess
+    shrinks as phi grows, because rounding matters less for larger multipliers.
+    """
+    base = ee.count_flops(ee.efficientnet("b0"))
+    excess = []
+    for phi in (1, 2, 3):
+        model = ee.efficientnet(phi=phi)
+        c = model.config
+        predicted = ee.flops_multiplier(c.depth, c.width, c.resolution / 224)
+        measured = ee.count_flops(model) / base
+        assert predicted == pytest.approx(1.92027**phi, rel=0.01)  # alpha beta^2 gamma^2 = 1.92
+        assert predicted <= measured <= 1.35 * predicted, (phi, measured, predicted)
+        assert measured == pytest.approx(2**phi, rel=0.30)
+        excess.append(measured / predicted)
+    assert excess == sorted(excess, reverse=True)
+
+
+def test_single_dimension_growth_is_nearly_exact():
+    base = ee.count_flops(ee.efficientnet("b0"))
+    # resolution x2: every conv output has 4x the pixels; only the classifier does not grow
+    assert ee.count_flops(ee.efficientnet(resolution=448)) / base == pytest.approx(4, rel=0.01)
+    # width x2: a 1x1 conv's MACs grow 4x (in and out channels double), but a depthwise conv's
+    # only 2x (one filter per channel), as do the stem (3 inputs) and the classifier (1000
+    # outputs). The 1x1 convs dominate, so the total lands between 3.5x and 4x.
+    ratio = ee.count_flops(ee.efficientnet(width=2.0)) / base
+    assert 3.5 < ratio < 4.0
+
+
+def test_profile_table_sums_to_totals():
+    model = ee.efficientnet("b0")
+    rows = ee.profile(model)
+    assert [r.name for r in rows][:3] == ["stem", "stage 1", "stage 2"]
+    assert rows.total_params == ee.count_params(model) == 5_288_548
+    assert rows.total_macs == ee.count_flops(model)
+    assert rows[0].output_shape == (32, 112, 112) and rows[-1].output_shape == (1000,)
+    per_block = ee.profile(model, per_block=True)
+    assert len([r for r in per_block if r.name.startswith("stage")]) == 16
+    assert per_block.total_macs == rows.total_macs
+    assert "| stage 6 | 4 x MBConv | 192x7x7 | 2,026,348 |" in rows.to_markdown()
+
+
+def test_latency_helper():
+    result = ee.measure_latency(ee.efficientnet("b0", num_classes=10), resolution=64,
+                                batch_size=2, warmup=1, repeats=2)
+    assert result["ms"] > 0 and result["images_per_s"] > 0
+    with pytest.raises(ValueError, match="batch_size >= 1"):
+        ee.measure_latency(ee.efficientnet("b0"), batch_size=0)
