@@ -177,7 +177,8 @@ class MBConv(nn.Module):
             out = self.se(out)
         out = self.project(out)  # (B, C_out, H / s, W / s)
         if self.use_residual:
-            out = stochastic_depth(out, self.stochastic_depth, self.training) + x
+            out = stochastic_depth(out, self.stochastic_depth, self.training)
+            out += x  # in place: BatchNorm's backward needs its input, not this output
         return out
 
     def extra_repr(self) -> str:

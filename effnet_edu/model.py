@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .blocks import ACTIVATIONS, ConvBNActivation, MBConv
 from .scaling import (
@@ -165,6 +166,8 @@ class EfficientNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.head_channels, config.num_classes)
+        # Activation checkpointing per stage: trades recomputation for training memory.
+        self.gradient_checkpointing = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -184,7 +187,12 @@ class EfficientNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # (B, stem, H/2, W/2)
-        x = self.stages(x)  # (B, C_last, H/32, W/32)
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # Keep only each stage's input; recompute its inside during backward.
+            for stage in self.stages:
+                x = checkpoint(stage, x, use_reentrant=False)
+        else:
+            x = self.stages(x)  # (B, C_last, H/32, W/32)
         return self.head(x)  # (B, head, H/32, W/32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -294,7 +302,7 @@ def efficientnet(
     width: float | None = None, resolution: int | None = None, alpha: float = ALPHA,
     beta: float = BETA, gamma: float = GAMMA, num_classes: int = 1000,
     dropout: float | None = None, stochastic_depth: float = 0.2, activation: str = "silu",
-    pretrained: bool = False,
+    gradient_checkpointing: bool = False, pretrained: bool = False,
 ) -> EfficientNet:
     """Build an EfficientNet in one of three ways.
 
@@ -307,8 +315,10 @@ def efficientnet(
 
     `num_classes`, `dropout` (default: the variant's, else 0.2), `stochastic_depth` (the final
     block's drop probability, paper default 0.2) and `activation` ("silu",
-    "memory_efficient_silu") can be overridden. ``pretrained=True`` loads torchvision's ImageNet
-    weights for an official variant (see `effnet_edu.weights`).
+    "memory_efficient_silu") can be overridden. ``gradient_checkpointing=True`` recomputes each
+    stage in backward instead of storing its activations (less training memory, more compute).
+    ``pretrained=True`` loads torchvision's ImageNet weights for an official variant (see
+    `effnet_edu.weights`).
     """
     config = efficientnet_config(
         variant, phi=phi, depth=depth, width=width, resolution=resolution, alpha=alpha,
@@ -316,13 +326,17 @@ def efficientnet(
         stochastic_depth=stochastic_depth, activation=activation,
     )
     if not pretrained:
-        return EfficientNet(config)
+        model = EfficientNet(config)
+        model.gradient_checkpointing = bool(gradient_checkpointing)
+        return model
     if variant is None:
         raise ValueError("pretrained=True needs an official variant name ('b0' ... 'b7'): "
                          "there are no ImageNet weights for phi=... or custom multipliers")
     from .weights import load_torchvision_pretrained  # late import: weights imports model
 
-    return load_torchvision_pretrained(config)
+    model = load_torchvision_pretrained(config)
+    model.gradient_checkpointing = bool(gradient_checkpointing)
+    return model
 
 
 def efficientnet_lite_config(k: int, num_classes: int = 1000, dropout: float | None = None,

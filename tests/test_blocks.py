@@ -75,3 +75,32 @@ def test_tf_same_padding_output_size_and_asymmetry():
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
     out = conv(x)
     assert out[0, 0, 0, 0] == x[0, 0, :3, :3].sum()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    # No dropout: its random mask would differ between the two runs.
+    plain = ee.efficientnet("b0", num_classes=5, stochastic_depth=0.0, dropout=0.0).double()
+    lean = ee.efficientnet("b0", num_classes=5, stochastic_depth=0.0, dropout=0.0,
+                           gradient_checkpointing=True).double()
+    lean.load_state_dict(plain.state_dict())
+    assert lean.gradient_checkpointing and not plain.gradient_checkpointing
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    plain(x).square().sum().backward()
+    lean(x).square().sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), lean.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, atol=1e-9, rtol=1e-7), name
+
+
+def test_training_gradients_equal_torchvision():
+    from torchvision.models import efficientnet_b0
+
+    theirs = efficientnet_b0(num_classes=5, stochastic_depth_prob=0.0, dropout=0.0).double()
+    ours = ee.efficientnet("b0", num_classes=5, stochastic_depth=0.0, dropout=0.0).double()
+    ee.load_torchvision_state_dict(ours, theirs.state_dict())
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    theirs(x).square().sum().backward()
+    ours(x).square().sum().backward()
+    assert torch.allclose(ours.stem.conv.weight.grad, theirs.features[0][0].weight.grad,
+                          atol=1e-9, rtol=1e-9)
+    assert torch.allclose(ours.classifier.weight.grad, theirs.classifier[1].weight.grad,
+                          atol=1e-9, rtol=1e-9)
