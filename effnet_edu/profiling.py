@@ -15,6 +15,7 @@ Used by: notebooks 01 and 03 (cost of scaling), the benchmarks, assignment A1.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -160,6 +161,39 @@ def count_flops(model: nn.Module, resolution: int | None = None) -> int:
     finally:
         model.train(was_training)
     return sum(macs.values())
+
+
+def config_flops(config, resolution: int | None = None) -> int:
+    """Multiply-adds of one image, computed from the stage table alone (no model is built).
+
+    The same formula as `count_flops`, applied layer by layer on paper: instant, so sliders
+    and searches over thousands of configurations can use it. Tests check it equals
+    `count_flops` (and hence FlopCounterMode).
+    """
+    size = config.resolution if resolution is None else resolution
+
+    def conv(size, c_in, c_out, kernel=1, stride=1, groups=1):
+        out = math.ceil(size / stride)  # "same"-style output size, as both paddings give
+        return out, out * out * c_out * (c_in // groups) * kernel * kernel
+
+    size, total = conv(size, 3, config.stem_channels, 3, 2)
+    c_in = config.stem_channels
+    for stage in config.stages:
+        for j in range(stage.repeats):
+            stride = stage.stride if j == 0 else 1
+            block_in = c_in if j == 0 else stage.out_channels
+            expanded = block_in * stage.expand_ratio
+            if stage.expand_ratio != 1:
+                total += conv(size, block_in, expanded)[1]
+            size, macs = conv(size, expanded, expanded, stage.kernel_size, stride, expanded)
+            total += macs
+            if stage.se_ratio:  # two 1x1 convs on the pooled (1 x 1) map
+                squeeze = max(1, int(block_in * stage.se_ratio))
+                total += 2 * expanded * squeeze
+            total += conv(size, expanded, stage.out_channels)[1]
+        c_in = stage.out_channels
+    total += conv(size, c_in, config.head_channels)[1]
+    return total + config.head_channels * config.num_classes
 
 
 def measure_latency(

@@ -436,8 +436,9 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
                 print(f"Resuming from {path}: epoch {start_epoch + 1}, step {start_step}")
         elif not config.overwrite:
             raise FileExistsError(
-                f"{path} already exists (an earlier run). Pass resume=True to continue it, "
-                f"overwrite=True to replace it, or choose another out_dir.")
+                f"{path} already exists (an earlier run). Pass resume=True (--resume) to "
+                f"continue it, overwrite=True (--overwrite) to replace it, or choose another "
+                f"out_dir.")
     elif config.resume:
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {path}")
 

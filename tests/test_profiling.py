@@ -82,3 +82,14 @@ def test_latency_helper():
     assert result["ms"] > 0 and result["images_per_s"] > 0
     with pytest.raises(ValueError, match="batch_size >= 1"):
         ee.measure_latency(ee.efficientnet("b0"), batch_size=0)
+
+
+def test_config_flops_equals_counted_flops():
+    """The on-paper formula and the hook-based count agree for every kind of network."""
+    models = [ee.efficientnet(v) for v in ("b0", "b3")] + [
+        ee.efficientnet(phi=1.7), ee.efficientnet(depth=0.5, width=0.3, resolution=45),
+        ee.efficientnet_lite(2), ee.efficientnet(width=1.3, resolution=97, num_classes=7)]
+    for model in models:
+        assert ee.config_flops(model.config) == ee.count_flops(model), model.config.name
+    b0 = ee.efficientnet("b0")
+    assert ee.config_flops(b0.config, resolution=300) == ee.count_flops(b0, resolution=300)
