@@ -21,7 +21,14 @@ from .model import (
     efficientnet_lite_config,
     scale_stages,
 )
-from .profiling import config_flops, count_flops, count_params, measure_latency, profile
+from .profiling import (
+    config_flops,
+    count_flops,
+    count_macs,
+    count_params,
+    measure_latency,
+    profile,
+)
 from .scaling import (
     ALPHA,
     BETA,
@@ -47,7 +54,7 @@ __all__ = [
     "ALPHA", "BASELINE_STAGES", "BETA", "GAMMA", "IMAGENET_CATEGORIES", "LITE_VARIANTS",
     "OFFICIAL_VARIANTS", "EfficientNet", "EfficientNetConfig", "MBConv", "MemoryEfficientSiLU",
     "SqueezeExcitation", "StageConfig", "compound_coefficients", "config_flops", "count_flops",
-    "count_params",
+    "count_macs", "count_params",
     "efficientnet", "efficientnet_config", "efficientnet_lite", "efficientnet_lite_config",
     "explain_official_variants", "fit_phi", "flops_multiplier", "load_lukemelas_state_dict",
     "load_torchvision_state_dict", "measure_latency", "predict", "profile", "round_filters",

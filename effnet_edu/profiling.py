@@ -146,21 +146,30 @@ def profile(model: nn.Module, resolution: int | None = None, per_block: bool = F
     return rows
 
 
+def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of any module (a block, a layer) for one input of `input_shape`.
+
+    `input_shape` excludes the batch: (C, H, W) for a conv block. Counts Conv2d and Linear.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        parameter = next(module.parameters(), None)
+        device = parameter.device if parameter is not None else "cpu"
+        with torch.no_grad():
+            macs = _leaf_macs(module, torch.zeros(1, *input_shape, device=device))
+    finally:
+        module.train(was_training)
+    return sum(macs.values())
+
+
 def count_flops(model: nn.Module, resolution: int | None = None) -> int:
     """Multiply-adds of one forward pass of one image (the paper's "FLOPs").
 
     `resolution` defaults to the model's own input resolution (``model.config.resolution``).
     """
     resolution = _resolution_of(model, resolution)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        with torch.no_grad():
-            macs = _leaf_macs(model, torch.zeros(1, 3, resolution, resolution, device=device))
-    finally:
-        model.train(was_training)
-    return sum(macs.values())
+    return count_macs(model, (3, resolution, resolution))
 
 
 def config_flops(config, resolution: int | None = None) -> int:

@@ -93,3 +93,13 @@ def test_config_flops_equals_counted_flops():
         assert ee.config_flops(model.config) == ee.count_flops(model), model.config.name
     b0 = ee.efficientnet("b0")
     assert ee.config_flops(b0.config, resolution=300) == ee.count_flops(b0, resolution=300)
+
+
+def test_count_macs_of_a_single_block_matches_flop_counter():
+    block = ee.MBConv(40, 80, expand_ratio=6, kernel_size=3, stride=2)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        block.eval()(torch.zeros(1, 40, 28, 28))
+    assert ee.count_macs(block, (40, 28, 28)) == counter.get_total_flops() / 2
+    # by hand: expand 28*28*240*40 + depthwise 14*14*240*9 + SE 2*240*10 + project 14*14*80*240
+    assert ee.count_macs(block, (40, 28, 28)) == (28 * 28 * 240 * 40 + 14 * 14 * 240 * 9
+                                                   + 2 * 240 * 10 + 14 * 14 * 80 * 240)

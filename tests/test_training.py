@@ -97,7 +97,7 @@ def test_existing_checkpoint_is_never_overwritten(tmp_path):
     data = easy_data(32)
     fit(tiny_model(), data, config=run_config(tmp_path, epochs=1))
     before = (tmp_path / "checkpoint.pt").read_bytes()
-    with pytest.raises(FileExistsError, match=r"resume=True \(--resume\) to continue it, overwrite=True"):
+    with pytest.raises(FileExistsError, match=r"resume=True \(--resume\) to continue it"):
         fit(tiny_model(), data, config=run_config(tmp_path, epochs=1))
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary leftovers
