@@ -9,6 +9,7 @@ Everything a notebook needs is importable from here:
 """
 
 from .blocks import MBConv, MemoryEfficientSiLU, SqueezeExcitation, stochastic_depth
+from .data import DATASET_NAMES, SyntheticObjects, class_names, get_dataset, plot_class_grid
 from .model import (
     BASELINE_STAGES,
     LITE_VARIANTS,
@@ -41,6 +42,7 @@ from .scaling import (
     round_filters,
     round_repeats,
 )
+from .training import TrainConfig, evaluate, fit, load_checkpoint, select_device
 from .weights import (
     IMAGENET_CATEGORIES,
     load_lukemelas_state_dict,
@@ -51,12 +53,14 @@ from .weights import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALPHA", "BASELINE_STAGES", "BETA", "GAMMA", "IMAGENET_CATEGORIES", "LITE_VARIANTS",
+    "ALPHA", "BASELINE_STAGES", "DATASET_NAMES", "SyntheticObjects", "class_names", "get_dataset",
+    "plot_class_grid", "BETA", "GAMMA", "IMAGENET_CATEGORIES", "LITE_VARIANTS",
     "OFFICIAL_VARIANTS", "EfficientNet", "EfficientNetConfig", "MBConv", "MemoryEfficientSiLU",
     "SqueezeExcitation", "StageConfig", "compound_coefficients", "config_flops", "count_flops",
     "count_macs", "count_params",
     "efficientnet", "efficientnet_config", "efficientnet_lite", "efficientnet_lite_config",
     "explain_official_variants", "fit_phi", "flops_multiplier", "load_lukemelas_state_dict",
     "load_torchvision_state_dict", "measure_latency", "predict", "profile", "round_filters",
-    "round_repeats", "scale_stages", "stochastic_depth",
+    "round_repeats", "scale_stages", "stochastic_depth", "TrainConfig", "evaluate", "fit",
+    "load_checkpoint", "select_device",
 ]
