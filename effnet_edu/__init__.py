@@ -24,6 +24,7 @@ from .model import (
 )
 from .profiling import (
     config_flops,
+    config_params,
     count_flops,
     count_macs,
     count_params,
@@ -53,14 +54,13 @@ from .weights import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALPHA", "BASELINE_STAGES", "DATASET_NAMES", "SyntheticObjects", "class_names", "get_dataset",
-    "plot_class_grid", "BETA", "GAMMA", "IMAGENET_CATEGORIES", "LITE_VARIANTS",
-    "OFFICIAL_VARIANTS", "EfficientNet", "EfficientNetConfig", "MBConv", "MemoryEfficientSiLU",
-    "SqueezeExcitation", "StageConfig", "compound_coefficients", "config_flops", "count_flops",
-    "count_macs", "count_params",
-    "efficientnet", "efficientnet_config", "efficientnet_lite", "efficientnet_lite_config",
-    "explain_official_variants", "fit_phi", "flops_multiplier", "load_lukemelas_state_dict",
-    "load_torchvision_state_dict", "measure_latency", "predict", "profile", "round_filters",
-    "round_repeats", "scale_stages", "stochastic_depth", "TrainConfig", "evaluate", "fit",
-    "load_checkpoint", "select_device",
+    "ALPHA", "BASELINE_STAGES", "BETA", "DATASET_NAMES", "EfficientNet", "EfficientNetConfig",
+    "GAMMA", "IMAGENET_CATEGORIES", "LITE_VARIANTS", "MBConv", "MemoryEfficientSiLU",
+    "OFFICIAL_VARIANTS", "SqueezeExcitation", "StageConfig", "SyntheticObjects", "TrainConfig",
+    "class_names", "compound_coefficients", "config_flops", "config_params", "count_flops",
+    "count_macs", "count_params", "efficientnet", "efficientnet_config", "efficientnet_lite",
+    "efficientnet_lite_config", "evaluate", "explain_official_variants", "fit", "fit_phi",
+    "flops_multiplier", "get_dataset", "load_checkpoint", "load_lukemelas_state_dict",
+    "load_torchvision_state_dict", "measure_latency", "plot_class_grid", "predict", "profile",
+    "round_filters", "round_repeats", "scale_stages", "select_device", "stochastic_depth",
 ]

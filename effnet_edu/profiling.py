@@ -205,6 +205,33 @@ def config_flops(config, resolution: int | None = None) -> int:
     return total + config.head_channels * config.num_classes
 
 
+def config_params(config) -> int:
+    """Number of parameters, computed from the stage table alone (no model is built).
+
+    Each conv has C_in / groups * k * k * C_out weights and its BatchNorm 2 * C_out (scale and
+    shift); SE's two 1x1 convs carry biases; the classifier has a bias.
+    """
+    def conv_bn(c_in, c_out, kernel=1, groups=1):
+        return c_in // groups * kernel * kernel * c_out + 2 * c_out
+
+    total = conv_bn(3, config.stem_channels, 3)
+    c_in = config.stem_channels
+    for stage in config.stages:
+        for j in range(stage.repeats):
+            block_in = c_in if j == 0 else stage.out_channels
+            expanded = block_in * stage.expand_ratio
+            if stage.expand_ratio != 1:
+                total += conv_bn(block_in, expanded)
+            total += conv_bn(expanded, expanded, stage.kernel_size, groups=expanded)
+            if stage.se_ratio:
+                squeeze = max(1, int(block_in * stage.se_ratio))
+                total += (expanded * squeeze + squeeze) + (squeeze * expanded + expanded)
+            total += conv_bn(expanded, stage.out_channels)
+        c_in = stage.out_channels
+    total += conv_bn(c_in, config.head_channels)
+    return total + config.head_channels * config.num_classes + config.num_classes
+
+
 def measure_latency(
     model: nn.Module, resolution: int | None = None, batch_size: int = 1,
     device: str | torch.device = "cpu", warmup: int = 2, repeats: int = 5,

@@ -370,14 +370,15 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, device: str | torch.d
 
 def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
         config: TrainConfig | None = None, on_step: Callable[[int], None] | None = None,
-        **overrides) -> History:
+        on_epoch: Callable[[History], None] | None = None, **overrides) -> History:
     """Train `model` on `train_data`; returns the per-epoch `History`.
 
     Pass a `TrainConfig`, or its fields as keyword arguments (``fit(model, data, epochs=3)``).
     `on_step(global_step)` is called after every completed optimiser step (tests use it to
-    interrupt a run). With ``out_dir``, a checkpoint is written atomically after every epoch
-    and when the run stops early (Ctrl-C / Jupyter's stop button, or an error): it holds the
-    state after the last completed step, and ``resume=True`` continues from exactly there.
+    interrupt a run); `on_epoch(history)` after every epoch (live plots use it). With
+    ``out_dir``, a checkpoint is written atomically after every epoch and when the run stops
+    early (Ctrl-C / Jupyter's stop button, or an error): it holds the state after the last
+    completed step, and ``resume=True`` continues from exactly there.
     """
     config = TrainConfig(**{**(asdict(config) if config else {}), **overrides})
     device = select_device(config.device)
@@ -548,6 +549,8 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
             position, last_rng = (epoch + 1, 0), rng_state()
             last_totals = torch.zeros(3, dtype=torch.float64)
             save(*position, last_totals, last_rng)
+            if is_main and on_epoch is not None:
+                on_epoch(history)
             if is_main and config.progress:
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
                 print(f"epoch {epoch + 1}/{config.epochs}: {shown}")

@@ -91,6 +91,7 @@ def test_config_flops_equals_counted_flops():
         ee.efficientnet_lite(2), ee.efficientnet(width=1.3, resolution=97, num_classes=7)]
     for model in models:
         assert ee.config_flops(model.config) == ee.count_flops(model), model.config.name
+        assert ee.config_params(model.config) == ee.count_params(model), model.config.name
     b0 = ee.efficientnet("b0")
     assert ee.config_flops(b0.config, resolution=300) == ee.count_flops(b0, resolution=300)
 

@@ -1,0 +1,26 @@
+"""The phi explorer works headless: setting the slider runs the callback and updates the result."""
+
+import pytest
+
+import effnet_edu as ee
+from effnet_edu.widgets import PhiExplorer, official_table
+
+
+def test_phi_slider_updates_result():
+    explorer = PhiExplorer(phi=0.0)
+    assert explorer.result["resolution"] == 224 and explorer.result["params"] == 5_288_548
+    explorer.slider.value = 2.0  # what a student's drag does
+    r = explorer.result
+    d, w, g = ee.compound_coefficients(2.0)
+    assert (r["depth"], r["width"], r["resolution"]) == (pytest.approx(d), pytest.approx(w),
+                                                          round(224 * g))
+    model = ee.efficientnet(phi=2.0)
+    assert r["params"] == ee.count_params(model) and r["flops"] == ee.count_flops(model)
+    assert "φ = 2.00" in explorer.summary() and "2^φ = 4.00" in explorer.summary()
+    explorer.slider.value = 1.5  # fractional phi
+    assert explorer.result["phi"] == 1.5 and explorer.result["flops_ratio"] > 2
+
+
+def test_official_table_lists_all_variants():
+    table = official_table()
+    assert table.count("\n") == 9 and "| b7 | 6.63 | 3.1 (3.35) | 2.0 (1.88) | 600 (566) |" in table
