@@ -10,7 +10,8 @@ forward hooks, per image:
 agree with it exactly.) BatchNorm, activations, pooling and the SE multiply are elementwise and
 left out, as in the paper.
 
-Used by: notebooks 01 and 03 (cost of scaling), the benchmarks, assignment A1.
+Used by: notebooks 01 and 03 (cost of scaling), 02 (cost of each block design), the
+benchmarks, assignment A1.
 """
 
 from __future__ import annotations
