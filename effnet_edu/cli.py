@@ -149,8 +149,9 @@ def cmd_scale_study(args: argparse.Namespace) -> int:
     from .training import TrainConfig
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         device=args.device, amp=args.amp, progress=False,
-                         overwrite=args.overwrite)
+                         optimizer=args.optimizer, weight_decay=args.weight_decay,
+                         label_smoothing=0.0, device=args.device, amp=args.amp,
+                         progress=False, overwrite=args.overwrite)
     base = Baseline(depth=args.base_depth, width=args.base_width,
                     resolution=args.base_resolution)
     points = plan(base, tuple(args.targets))
@@ -255,10 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--base-depth", type=float, default=0.5)
     study.add_argument("--base-width", type=float, default=0.5)
     study.add_argument("--base-resolution", type=_positive_int, default=48)
-    study.add_argument("--epochs", type=int, default=6)
+    study.add_argument("--epochs", type=int, default=3)
     study.add_argument("--batch-size", type=int, default=64)
-    study.add_argument("--lr", type=float, default=0.1)
-    study.add_argument("--train-samples", type=_positive_int, default=4000)
+    study.add_argument("--optimizer", default="adamw")
+    study.add_argument("--lr", type=float, default=3e-3)
+    study.add_argument("--weight-decay", type=float, default=0.05)
+    study.add_argument("--train-samples", type=_positive_int, default=8000)
     study.add_argument("--val-samples", type=_positive_int, default=1000)
     study.add_argument("--seeds", type=int, nargs="+", default=[0])
     study.add_argument("--device", default="auto")

@@ -54,6 +54,8 @@ class StudyPoint:
 
 
 def _build(depth: float, width: float, resolution: int, num_classes: int, **kwargs):
+    # Short runs: light dropout, no stochastic depth (it slows early learning down).
+    kwargs = {"dropout": 0.1, "stochastic_depth": 0.0, **kwargs}
     return efficientnet(depth=depth, width=width, resolution=resolution,
                         num_classes=num_classes, **kwargs)
 
