@@ -37,9 +37,10 @@ class _MemoryEfficientSiLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        sigmoid = torch.sigmoid(x)
-        # d/dx [x * s(x)] = s(x) + x * s(x) * (1 - s(x)) = s(x) * (1 + x * (1 - s(x)))
-        return grad_output * sigmoid * (1 + x * (1 - sigmoid))
+        # d/dx [x * s(x)] = s(x) + x * s(x) * (1 - s(x)) = s(x) * (1 + x * (1 - s(x))).
+        # aten's fused kernel computes exactly this in one pass; spelled out in Python it takes
+        # five passes and four activation-sized temporaries (slower, and a higher peak).
+        return torch.ops.aten.silu_backward(grad_output, x)
 
 
 class MemoryEfficientSiLU(nn.Module):
@@ -133,11 +134,18 @@ def stochastic_depth(x: torch.Tensor, drop_probability: float, training: bool) -
     survival = 1.0 - drop_probability
     keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device)
     keep.bernoulli_(survival)  # (B, 1, 1, 1): one coin per sample
-    return x * keep / survival
+    # Scale the tiny mask, not the activation: one full-size multiply instead of two (faster,
+    # and bit-identical to torchvision's stochastic_depth).
+    keep.div_(survival)  # 0 or 1 / survival
+    return x * keep
 
 
 class MBConv(nn.Module):
-    """Mobile inverted bottleneck with optional squeeze-and-excitation and stochastic depth."""
+    """Mobile inverted bottleneck with optional squeeze-and-excitation and stochastic depth.
+
+    The residual is added in place into the projection's output (as torchvision does, to save
+    memory): a forward hook on `.project` must clone its output to see the branch alone.
+    """
 
     def __init__(
         self, in_channels: int, out_channels: int, expand_ratio: int, kernel_size: int,
@@ -182,4 +190,6 @@ class MBConv(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"use_residual={self.use_residual}, stochastic_depth={self.stochastic_depth:.4f}"
+        if not self.use_residual:  # no skip connection, so nothing to drop
+            return "use_residual=False"
+        return f"use_residual=True, stochastic_depth={self.stochastic_depth:.4f}"
