@@ -9,6 +9,8 @@ Used by: every notebook; `effnet_edu.efficientnet(...)` is the front door.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -132,6 +134,23 @@ class EfficientNetConfig:
         return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _keep_batchnorm_statistics(module: nn.Module):
+    buffers = [b for m in module.modules() if isinstance(m, nn.BatchNorm2d)
+               for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved, strict=True):
+                buffer.copy_(value)
+
+
+def _checkpoint_contexts(module: nn.Module):
+    return contextlib.nullcontext(), _keep_batchnorm_statistics(module)
+
+
 class EfficientNet(nn.Module):
     """stem (3x3 conv, stride 2) -> stages of MBConv -> head (1x1 conv) -> pool -> dropout -> FC."""
 
@@ -188,9 +207,12 @@ class EfficientNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # (B, stem, H/2, W/2)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            # Keep only each stage's input; recompute its inside during backward.
+            # Keep only each stage's input; recompute its inside during backward. The recompute
+            # runs BatchNorm in training mode again: restore its running statistics after it,
+            # so one step updates them once, exactly as without checkpointing.
             for stage in self.stages:
-                x = checkpoint(stage, x, use_reentrant=False)
+                x = checkpoint(stage, x, use_reentrant=False, context_fn=functools.partial(
+                    _checkpoint_contexts, stage))
         else:
             x = self.stages(x)  # (B, C_last, H/32, W/32)
         return self.head(x)  # (B, head, H/32, W/32)

@@ -89,6 +89,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     lean(x).square().sum().backward()
     for (name, p), q in zip(plain.named_parameters(), lean.parameters(), strict=True):
         assert torch.allclose(p.grad, q.grad, atol=1e-9, rtol=1e-7), name
+    # The recomputation must not update BatchNorm's running statistics a second time.
+    for (name, a), b in zip(plain.named_buffers(), lean.buffers(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_training_gradients_equal_torchvision():
