@@ -252,7 +252,7 @@ def lr_multiplier(step: int, steps_per_epoch: int, config: TrainConfig) -> float
     """Learning-rate factor at optimiser step `step`: linear warm-up, then the schedule."""
     epoch = step / steps_per_epoch
     if config.warmup_epochs > 0 and epoch < config.warmup_epochs:
-        return (step + 1) / (config.warmup_epochs * steps_per_epoch)
+        return min(1.0, (step + 1) / (config.warmup_epochs * steps_per_epoch))
     if config.schedule == "constant":
         return 1.0
     if config.schedule == "step":

@@ -141,6 +141,8 @@ def test_schedules():
     config = TrainConfig(epochs=10, warmup_epochs=1, schedule="cosine")
     assert lr_multiplier(0, 100, config) == pytest.approx(0.01)  # warm-up starts small
     assert lr_multiplier(99, 100, config) == pytest.approx(1.0)
+    odd = TrainConfig(epochs=10, warmup_epochs=0.3, schedule="constant")
+    assert max(lr_multiplier(s, 39, odd) for s in range(39)) == 1.0  # never overshoots
     assert lr_multiplier(550, 100, config) == pytest.approx(0.5)  # half-way through the cosine
     step = TrainConfig(epochs=10, warmup_epochs=0, schedule="step")
     assert lr_multiplier(480, 100, step) == pytest.approx(0.97**2)  # 4.8 epochs = 2 x 2.4
