@@ -92,7 +92,7 @@ class PhiExplorer:
         ax.set_yscale("log")
         ax.set_xlabel("compound coefficient φ")
         ax.set_ylabel("multiply-adds per image (G, log scale)")
-        ax.set_title("FLOPs grow about 2× per unit of φ; B0–B7 (fitted φ) sit near the curve")
+        ax.set_title("FLOPs grow about 2× per unit of φ; B0–B7 sit near the curve")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left")
         fig.tight_layout()
