@@ -5,7 +5,10 @@
 with a plot that marks where the released B0-B7 sit.
 
 Every explorer keeps its latest result in `.result`, so a notebook (and nbval, which has no
-browser) can set ``explorer.slider.value = 3`` and assert what changed.
+browser) can set ``explorer.slider.value = 3`` and assert what changed. Headless, the Output
+widget's content is printed as ordinary cell output under nbval but stored inside the widget by
+nbconvert: cells that build or move an explorer are marked ``# NBVAL_IGNORE_OUTPUT`` and
+followed by a cell that prints and asserts ``explorer.summary()`` / ``explorer.result``.
 
 Used by: notebooks 03 (compound scaling) and 05 (GradCAM).
 """
