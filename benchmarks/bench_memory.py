@@ -49,7 +49,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
-from bench_throughput import machine_description  # noqa: E402  (this folder is on sys.path)
+from bench_throughput import machine_description, write_report  # noqa: E402  (this folder is on sys.path)
 
 import effnet_edu as ee  # noqa: E402
 from effnet_edu.training import (  # noqa: E402
@@ -237,13 +237,7 @@ def main(argv: list[str] | None = None) -> str | None:
               f"{result['baseline_mib']:,.0f} MiB, {result['last_step_cpu_s']:.2f} CPU-s/step)",
               flush=True)
         results.append(result)
-    text = report(results, args, (time.perf_counter() - started) / 60)
-    print("\n" + text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        print(f"wrote {args.out}")
-    return text
+    return write_report(report(results, args, (time.perf_counter() - started) / 60), args.out)
 
 
 if __name__ == "__main__":

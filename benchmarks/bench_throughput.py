@@ -406,12 +406,17 @@ def main(argv: list[str] | None = None) -> str:
     if args.quick:
         header.append("- **Quick smoke run**: small images and batches; not the results.")
     report = "\n".join(header) + "\n\n" + "\n\n".join(sections) + "\n"
-    print("\n" + report)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-        print(f"wrote {args.out}")
-    return report
+    return write_report(report, args.out)
+
+
+def write_report(text: str, out: Path | None) -> str:
+    """Print a markdown report and, with --out, write it there too."""
+    print("\n" + text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}")
+    return text
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.error import URLError
 
@@ -260,10 +259,3 @@ def predict(model: EfficientNet, image, topk: int = 5) -> list[tuple[str, float]
     values, indices = probabilities.topk(topk)
     return [(info.categories[i], float(p)) for p, i in zip(values, indices, strict=True)]
 
-
-def categories_of(model: EfficientNet) -> Sequence[str]:
-    """The category names of a pretrained model."""
-    info = getattr(model, "pretrained", None)
-    if info is None:
-        raise ValueError("model has no pretrained weights, hence no category names")
-    return info.categories
