@@ -8,6 +8,20 @@ Everything a notebook needs is importable from here:
     lite = ee.efficientnet_lite(0, pretrained=True); ee.predict(lite, photo)
 """
 
+from .attention import (
+    ScoreSummary,
+    attention_scores,
+    cam_iou,
+    energy_share,
+    faithfulness,
+    gradcam,
+    layer_names,
+    overlay,
+    pointing_game,
+    resize_cams,
+    resolve_layer,
+    summarize_scores,
+)
 from .blocks import MBConv, MemoryEfficientSiLU, SqueezeExcitation, stochastic_depth
 from .data import DATASET_NAMES, SyntheticObjects, class_names, get_dataset, plot_class_grid
 from .model import (
@@ -54,6 +68,8 @@ from .weights import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ScoreSummary", "attention_scores", "cam_iou", "energy_share", "faithfulness", "gradcam",
+    "layer_names", "overlay", "pointing_game", "resize_cams", "resolve_layer", "summarize_scores",
     "ALPHA", "BASELINE_STAGES", "BETA", "DATASET_NAMES", "EfficientNet", "EfficientNetConfig",
     "GAMMA", "IMAGENET_CATEGORIES", "LITE_VARIANTS", "MBConv", "MemoryEfficientSiLU",
     "OFFICIAL_VARIANTS", "SqueezeExcitation", "StageConfig", "SyntheticObjects", "TrainConfig",
