@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+import time
 
 from . import __version__
 
@@ -144,8 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_scale_study(args: argparse.Namespace) -> int:
-    from .data import get_dataset
-    from .study import Baseline, plan, run_study, summarize
+    from .study import Baseline, DatasetFactory, plan, run_study, summarize
     from .training import TrainConfig
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -156,19 +156,21 @@ def cmd_scale_study(args: argparse.Namespace) -> int:
                     resolution=args.base_resolution)
     points = plan(base, tuple(args.targets))
     print(f"{len(points)} models x {len(args.seeds)} seed(s), {args.epochs} epochs each, "
-          f"{args.train_samples} training images")
-
-    def dataset(split, resolution):
-        samples = args.train_samples if split == "train" else args.val_samples
-        return get_dataset(args.dataset, split, resolution, num_samples=samples, seed=0)
-
-    rows = run_study(points, dataset, config, args.out, seeds=tuple(args.seeds))
-    print("\n| family | FLOPs ratio | depth | width | resolution | val accuracy |")
-    print("|---|---|---|---|---|---|")
+          f"{args.train_samples} training images, {args.workers} worker(s)")
+    dataset = DatasetFactory(args.dataset, args.train_samples, args.val_samples)
+    start = time.perf_counter()
+    rows = run_study(points, dataset, config, args.out, seeds=tuple(args.seeds),
+                     workers=args.workers, save_models=args.save_models)
+    factors = [k for k in rows[0] if k.endswith("_accuracy") and k != "train_accuracy"]
+    print(f"\ntook {(time.perf_counter() - start) / 60:.1f} min")
+    print("| family | FLOPs ratio | depth | width | resolution | val accuracy (%) | "
+          + " | ".join(f"{k.replace('_', ' ')} (%)" for k in factors) + " |")
+    print("|---" * (6 + len(factors)) + "|")
     for s in summarize(rows):
         print(f"| {s['family']} | {s['flops_ratio']:.2f} | {s['depth']:.2f} | "
               f"{s['width']:.2f} | {s['resolution']} | {100 * s['accuracy']:.1f} "
-              f"+- {100 * s['spread']:.1f} |")
+              f"+- {100 * s['spread']:.1f} | "
+              + " | ".join(f"{100 * s[k]:.1f}" for k in factors) + " |")
     print(f"results in {args.out}/results.json, results.csv, plot.png")
     return 0
 
@@ -248,21 +250,26 @@ def build_parser() -> argparse.ArgumentParser:
                            "results.csv and plot.png.")
     study.add_argument("--out", required=True, help="output folder")
     study.add_argument("--dataset", default="synthetic")
-    study.add_argument("--targets", type=float, nargs="+", default=[2.0, 4.0],
-                       help="FLOPs ratios to the baseline (default: 2 4)")
+    study.add_argument("--targets", type=float, nargs="+", default=[2.0],
+                       help="FLOPs ratios to the baseline (default: 2)")
     study.add_argument("--base-depth", type=float, default=0.5)
     study.add_argument("--base-width", type=float, default=0.5)
     study.add_argument("--base-resolution", type=_positive_int, default=48)
-    study.add_argument("--epochs", type=int, default=3)
+    study.add_argument("--epochs", type=int, default=8)
     study.add_argument("--batch-size", type=int, default=64)
     study.add_argument("--optimizer", default="adamw")
     study.add_argument("--lr", type=float, default=3e-3)
     study.add_argument("--weight-decay", type=float, default=0.05)
-    study.add_argument("--train-samples", type=_positive_int, default=8000)
+    study.add_argument("--train-samples", type=_positive_int, default=6000)
     study.add_argument("--val-samples", type=_positive_int, default=1000)
     study.add_argument("--seeds", type=int, nargs="+", default=[0])
     study.add_argument("--device", default="auto")
     study.add_argument("--amp", default="auto")
+    study.add_argument("--workers", type=_positive_int, default=1,
+                       help="models trained at once, one process and one thread each "
+                       "(e.g. the number of CPU cores; default 1)")
+    study.add_argument("--save-models", action="store_true",
+                       help="keep every trained model in OUT/models/ (half-precision weights)")
     study.add_argument("--overwrite", action="store_true")
     study.set_defaults(func=cmd_scale_study)
     return parser

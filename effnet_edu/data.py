@@ -3,10 +3,11 @@
 `SyntheticObjects` renders its images on the fly, with no download, and is built so that each of
 the paper's three scaling dimensions (Section 3.2) has something to do:
 
-- **resolution** -- four *textures* (plain, stripes, grid, hex) with a period of 3-3.8 pixels at
-  64 px. At 32 px that detail is finer than two pixels (beyond the Nyquist limit), so the renderer
-  removes it, as a camera's anti-aliasing filter would: the textures become plain. (They fade out
-  between about 43 and 34 px: `texture_visibility`.)
+- **resolution** -- four *textures* (plain, stripes, grid, hex) with a period of 4.8-6 pixels at
+  64 px. At 32 px a period is only 2.4-3 pixels: the pattern is still there but faint (the pixel
+  blur keeps about half its contrast) and a grid is hard to tell from a hex; at 48 px and above it
+  is clear. Below about 26 px it is finer than two pixels (beyond the Nyquist limit), so the
+  renderer removes it, as a camera's anti-aliasing filter would (`texture_visibility`).
 - **depth** -- three *arrangements* of the same three discs (a line, an L, a triangle) spread over
   most of the image. Every disc looks the same up close; only a large receptive field sees how
   they are placed.
@@ -58,7 +59,7 @@ _GRATING_WEIGHTS = torch.tensor([[0.0, 0.0, 0.0],
                                  [1.0, 1.0, 0.0],
                                  [1.0, 1.0, 1.0]])
 _GRATING_WEIGHTS /= _GRATING_WEIGHTS.sum(dim=1, keepdim=True).clamp(min=1).sqrt()
-TEXTURE_PERIOD_PIXELS_AT_64 = (3.0, 3.8)  # period range, in pixels of a 64 px image
+TEXTURE_PERIOD_PIXELS_AT_64 = (4.8, 6.0)  # period range, in pixels of a 64 px image
 TEXTURE_AMPLITUDE = 0.25  # +-brightness of a texture before the pixel blur
 PIXEL_BLUR_SIGMA = 0.5  # std of the Gaussian "lens", in pixels of the rendered image
 

@@ -111,39 +111,139 @@ def plan(base: Baseline, targets: tuple[float, ...]) -> list[StudyPoint]:
     return points
 
 
+class DatasetFactory:
+    """`factory(split, resolution)` -> a dataset; picklable, so worker processes can use it."""
+
+    def __init__(self, name: str = "synthetic", train_samples: int = 8000,
+                 val_samples: int = 1000, seed: int = 0):
+        self.name, self.seed = name, seed
+        self.samples = {"train": train_samples, "val": val_samples, "test": val_samples}
+
+    def __call__(self, split: str, resolution: int):
+        from .data import get_dataset
+
+        return get_dataset(self.name, split, resolution, num_samples=self.samples[split],
+                           seed=self.seed)
+
+
+def factor_accuracy(predictions: torch.Tensor, labels: torch.Tensor,
+                    class_factors: list[tuple]) -> dict[str, float]:
+    """Accuracy on each factor of a product class (synthetic: arrangement, colour, texture).
+
+    A prediction of "line-warm-grid" for a "line-warm-hex" image is wrong as a class but right on
+    arrangement and colour: this shows *which* part of the task a scaled model got better at
+    (texture needs resolution, arrangement needs depth).
+    """
+    from .data import ARRANGEMENTS, COLOURS, TEXTURES
+
+    names = ("arrangement", "colour", "texture")
+    index = torch.tensor([[ARRANGEMENTS.index(a), COLOURS.index(c), TEXTURES.index(t)]
+                          for a, c, t in class_factors])  # (classes, 3)
+    right = (index[predictions] == index[labels]).double().mean(dim=0)  # (3,)
+    return {f"{name}_accuracy": value for name, value in zip(names, right.tolist(), strict=True)}
+
+
+def _predictions(model, dataset, batch_size: int = 256) -> torch.Tensor:
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    with torch.no_grad():
+        return torch.cat([model(batch[0]).argmax(dim=1) for batch in loader])
+
+
+def _train_one(point: StudyPoint, seed: int, dataset_factory, train_config,
+               models_dir: Path | None) -> dict:
+    """Train one (point, seed); runs in the main process or in a worker process."""
+    from .training import TrainConfig, fit, model_signature
+
+    train = dataset_factory("train", point.resolution)
+    val = dataset_factory("val", point.resolution)
+    torch.manual_seed(seed)
+    model = _build(point.depth, point.width, point.resolution, len(train.classes))
+    config = TrainConfig(**{**asdict(train_config), "seed": seed, "out_dir": None,
+                            "resume": False})
+    start, cpu_start = time.perf_counter(), time.process_time()
+    history = fit(model, train, val, config)
+    row = {**asdict(point), "seed": seed, "accuracy": history.last["val_accuracy"],
+           "train_accuracy": history.last["accuracy"],
+           "seconds": time.perf_counter() - start,
+           # CPU time of this process: with one thread, the wall time on an idle machine.
+           "cpu_seconds": time.process_time() - cpu_start}
+    model = model.cpu().to(memory_format=torch.contiguous_format)
+    if hasattr(val, "class_factors"):
+        row.update(factor_accuracy(_predictions(model, val), val.labels, val.class_factors))
+    if models_dir is not None:
+        # Half-precision weights (a study model is 1-3 MB then); `load_checkpoint` reads them.
+        weights = {k: v.half() if v.is_floating_point() else v
+                   for k, v in model.state_dict().items()}
+        torch.save({"model": weights, "model_signature": model_signature(model),
+                    "study_point": asdict(point), "seed": seed, "accuracy": row["accuracy"]},
+                   models_dir / model_filename(point.family, point.target, seed))
+    return row
+
+
+def model_filename(family: str, target: float, seed: int) -> str:
+    """Where `run_study(save_models=True)` puts a model: ``compound-x2-seed0.pt``."""
+    return f"{family}-x{target:g}-seed{seed}.pt"
+
+
+def _worker_init():
+    # One thread per worker process: two processes with two threads each on two cores make
+    # every operator wait for a busy core (many times slower, see benchmarks/README.md).
+    torch.set_num_threads(1)
+
+
 def run_study(points: list[StudyPoint], dataset_factory, train_config, out_dir: str | Path,
-              seeds: tuple[int, ...] = (0,), log=print) -> list[dict]:
+              seeds: tuple[int, ...] = (0,), log=print, workers: int = 1,
+              save_models: bool = False) -> list[dict]:
     """Train every planned model (per seed) and write results.json, results.csv, plot.png.
 
     `dataset_factory(split, resolution)` returns a dataset; each model gets data rendered at
-    its own resolution. Returns one row per (point, seed).
+    its own resolution. `workers` > 1 trains that many models at once, in separate processes
+    of one thread each (the factory must then be picklable, like `DatasetFactory`); results do
+    not depend on it. `save_models` writes each trained model to ``out_dir/models/``
+    (`model_filename`), loadable with `effnet_edu.training.load_checkpoint`. Returns one row
+    per (point, seed), in plan order.
     """
-    from .training import TrainConfig, fit
+    import concurrent.futures
+    import multiprocessing
 
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     out_dir = Path(out_dir)
     results_path = out_dir / "results.json"
     if results_path.exists() and not getattr(train_config, "overwrite", False):
         raise FileExistsError(f"{results_path} already exists; choose another output folder "
                               f"or pass overwrite")
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for point in points:
-        train = dataset_factory("train", point.resolution)
-        val = dataset_factory("val", point.resolution)
-        for seed in seeds:
-            torch.manual_seed(seed)
-            model = _build(point.depth, point.width, point.resolution, len(train.classes))
-            config = TrainConfig(**{**asdict(train_config), "seed": seed, "out_dir": None,
-                                    "resume": False})
-            start = time.perf_counter()
-            history = fit(model, train, val, config)
-            row = {**asdict(point), "seed": seed, "accuracy": history.last["val_accuracy"],
-                   "train_accuracy": history.last["accuracy"],
-                   "seconds": time.perf_counter() - start}
-            rows.append(row)
-            log(f"{point.family:>10} x{point.flops_ratio:4.2f} FLOPs (d={point.depth:.2f}, "
-                f"w={point.width:.2f}, r={point.resolution}): val accuracy "
-                f"{row['accuracy']:.3f} [{row['seconds']:.0f} s]")
+    models_dir = None
+    if save_models:
+        models_dir = out_dir / "models"
+        models_dir.mkdir(exist_ok=True)
+    jobs = [(point, seed) for point in points for seed in seeds]
+
+    def report(row):
+        log(f"{row['family']:>10} x{row['flops_ratio']:4.2f} FLOPs (d={row['depth']:.2f}, "
+            f"w={row['width']:.2f}, r={row['resolution']}), seed {row['seed']}: val accuracy "
+            f"{row['accuracy']:.3f} [{row['seconds']:.0f} s]")
+
+    if workers == 1:
+        rows = []
+        for point, seed in jobs:
+            rows.append(_train_one(point, seed, dataset_factory, train_config, models_dir))
+            report(rows[-1])
+    else:
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                    initializer=_worker_init) as pool:
+            # Biggest models first, so the last one to finish is a small one.
+            order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0].flops)
+            futures = {pool.submit(_train_one, *jobs[i], dataset_factory, train_config,
+                                   models_dir): i for i in order}
+            done = {}
+            for future in concurrent.futures.as_completed(futures):
+                done[futures[future]] = future.result()
+                report(done[futures[future]])
+        rows = [done[i] for i in range(len(jobs))]
     results_path.write_text(json.dumps(rows, indent=2))
     with open(out_dir / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -161,12 +261,14 @@ def summarize(rows: list[dict]) -> list[dict]:
     summary = []
     for (family, target), group in groups.items():
         accuracies = torch.tensor([g["accuracy"] for g in group], dtype=torch.float64)
+        factors = {key: sum(g[key] for g in group) / len(group) for key in group[0]
+                   if key.endswith("_accuracy") and key != "train_accuracy"}
         summary.append({"family": family, "target": target, "flops": group[0]["flops"],
                         "flops_ratio": group[0]["flops_ratio"], "depth": group[0]["depth"],
                         "width": group[0]["width"], "resolution": group[0]["resolution"],
                         "accuracy": accuracies.mean().item(),
                         "spread": accuracies.std().item() if len(group) > 1 else 0.0,
-                        "seeds": len(group)})
+                        "seeds": len(group), **factors})
     return summary
 
 

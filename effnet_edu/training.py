@@ -68,11 +68,12 @@ def cpu_supports_bf16() -> bool:
 def autocast_dtype(device: torch.device, amp: str | bool = "auto") -> torch.dtype | None:
     """The mixed-precision dtype for `device`, or None for full fp32.
 
-    "auto": bf16 on GPUs that support it, else fp16 (with a gradient scaler); fp32 on CPUs and
-    Apple GPUs. On a CPU, bf16 autocast pays off only for large inputs on CPUs with native bf16
-    instructions (`cpu_supports_bf16`; B0 at 224 px trains ~1.25x faster on this project's
-    2-core Xeon) and slows small models down (~2x slower at 48-96 px), so it is opt-in there:
-    amp="bf16". "bf16"/"fp16" force a dtype, "off" disables AMP.
+    "auto": bf16 on GPUs that support it, else fp16 (with a gradient scaler); on a CPU, bf16 when
+    it computes bf16 natively (`cpu_supports_bf16`: AVX512-BF16 or AMX), else fp32; fp32 on Apple
+    GPUs. On such a CPU, B0 at 224 px trains 1.3x faster in bf16 than in fp32 and small models
+    at 48 px as fast, because `ConvBNActivation` keeps depthwise convolutions in fp32 under CPU
+    autocast (plain bf16 everywhere would halve the speed of small models).
+    "bf16"/"fp16" force a dtype, "off" disables AMP.
     """
     if amp is True:
         amp = "auto"
@@ -90,6 +91,8 @@ def autocast_dtype(device: torch.device, amp: str | bool = "auto") -> torch.dtyp
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.bfloat16
     return None
 
 

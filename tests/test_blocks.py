@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import effnet_edu as ee
-from effnet_edu.blocks import Conv2dSame
+from effnet_edu.blocks import Conv2dSame, ConvBNActivation
 
 
 def test_residual_rule():
@@ -107,3 +107,21 @@ def test_training_gradients_equal_torchvision():
                           atol=1e-9, rtol=1e-9)
     assert torch.allclose(ours.classifier.weight.grad, theirs.classifier[1].weight.grad,
                           atol=1e-9, rtol=1e-9)
+
+
+def test_depthwise_convolutions_stay_fp32_under_cpu_autocast():
+    torch.manual_seed(0)
+    depthwise = ConvBNActivation(16, 16, kernel_size=3, groups=16).eval()
+    pointwise = ConvBNActivation(16, 32, kernel_size=1).eval()
+    x = torch.randn(2, 16, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert depthwise.conv(x).dtype == torch.bfloat16  # plain autocast would use bf16
+        y = depthwise(x)
+        z = pointwise(y)
+    assert y.dtype == torch.float32 and torch.equal(y, depthwise(x))  # exactly the fp32 result
+    assert z.dtype == torch.bfloat16  # 1x1 convolutions keep bf16 (fast on AMX)
+    # Backward goes through both, and without autocast nothing changes.
+    x.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pointwise(depthwise(x)).float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
