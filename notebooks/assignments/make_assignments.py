@@ -1,0 +1,158 @@
+"""Generate the student and autograder versions of every assignment with otter-grader.
+
+    python notebooks/assignments/make_assignments.py [--out build/assignments] [--no-run-tests]
+                                                      [a1_scaling_rules ...]
+
+For each master notebook `aN_*.ipynb` next to this file, `otter assign` (otter-grader's own
+tool, run here through its Python API) writes
+
+    <out>/<name>/student/<name>.ipynb           solutions and hidden tests removed: hand this out
+    <out>/<name>/student/effnet_edu/            the package the notebook imports, so the folder
+                                                 runs anywhere torch is installed
+    <out>/<name>/autograder/<name>.ipynb        the solutions, with every test
+    <out>/<name>/autograder/<name>-autograder.zip   upload to Gradescope, or grade locally with
+                                                 `otter run` / `otter grade`
+
+and, unless --no-run-tests, grades the solutions against every public and hidden test, failing
+if any test fails. Nothing here needs the network or Docker.
+
+Two things are added to what `otter assign` does, both so that a build is reproducible:
+
+- otter gives the cells it creates (the `grader.check` cells, ...) random ids and names the zip
+  with a timestamp. Here every cell id is derived from the cell's position and content, and the
+  zip is rewritten with its entries sorted, fixed dates and no timestamp in its name: building
+  twice gives byte-identical files.
+- The zip also carries the `effnet_edu` package (as `files/effnet_edu/`, which otter copies next
+  to each submission before grading), since the hidden tests compare against it and it is not on
+  PyPI.
+
+Used by: `make assignments`, tests/test_assignments.py, docs/teaching.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+REPOSITORY = HERE.parents[1]
+PACKAGE = REPOSITORY / "effnet_edu"
+DEFAULT_OUT = REPOSITORY / "build" / "assignments"
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip file can hold
+EXECUTABLES = {"run_autograder", "setup.sh"}
+
+
+def masters() -> list[Path]:
+    """The master notebooks, in order: a1_..., a2_..., ..."""
+    return sorted(HERE.glob("a[0-9]*_*.ipynb"))
+
+
+def normalise_cell_ids(path: Path) -> None:
+    """Give every cell an id derived from its position and content (otter's are random)."""
+    notebook = nbformat.read(path, as_version=4)
+    for index, cell in enumerate(notebook.cells):
+        digest = hashlib.sha256(f"{index}\n{cell.cell_type}\n{cell.source}".encode()).hexdigest()
+        cell["id"] = digest[:12]
+    nbformat.write(notebook, path)
+
+
+def package_files() -> list[Path]:
+    """The effnet_edu sources that travel with the assignments (no caches)."""
+    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def repack_zip(source: Path, destination: Path) -> None:
+    """Rewrite otter's autograder zip deterministically, adding effnet_edu under files/."""
+    entries: dict[str, bytes] = {}
+    with zipfile.ZipFile(source) as original:
+        for info in original.infolist():
+            if not info.is_dir():
+                entries[info.filename] = original.read(info)
+    for path in package_files():
+        entries[f"files/effnet_edu/{path.relative_to(PACKAGE).as_posix()}"] = path.read_bytes()
+    with zipfile.ZipFile(destination, "w", compression=zipfile.ZIP_DEFLATED) as repacked:
+        for name in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            mode = 0o755 if Path(name).name in EXECUTABLES else 0o644
+            info.external_attr = (0o100000 | mode) << 16  # a regular file with these permissions
+            repacked.writestr(info, entries[name])
+
+
+def copy_package(destination: Path) -> None:
+    target = destination / "effnet_edu"
+    shutil.rmtree(target, ignore_errors=True)
+    for path in package_files():
+        out = target / path.relative_to(PACKAGE)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, out)
+
+
+def build_one(master: Path, out: Path, run_tests: bool = True) -> Path:
+    """Run `otter assign` on one master and make its output reproducible; returns its folder."""
+    from otter.assign import main as otter_assign
+
+    name = master.stem
+    result = out / name
+    shutil.rmtree(result, ignore_errors=True)
+    result.mkdir(parents=True)
+    otter_assign(str(master), str(result), no_pdfs=True, no_run_tests=not run_tests)
+
+    autograder, student = result / "autograder", result / "student"
+    zips = sorted(autograder.glob(f"{name}-autograder_*.zip"))
+    if len(zips) != 1:
+        raise RuntimeError(f"expected one autograder zip from otter assign in {autograder}, "
+                           f"found {[z.name for z in zips]}")
+    repack_zip(zips[0], autograder / f"{name}-autograder.zip")
+    zips[0].unlink()
+    for notebook in (autograder / master.name, student / master.name):
+        normalise_cell_ids(notebook)
+    copy_package(student)
+    return result
+
+
+def describe(result: Path) -> str:
+    """One line per question: points, public and hidden tests (from the autograder notebook)."""
+    notebook = nbformat.read(result / "autograder" / f"{result.name}.ipynb", as_version=4)
+    lines = []
+    for name, test in notebook.metadata["otter"]["tests"].items():
+        cases = test["suites"][0]["cases"]
+        hidden = sum(case["hidden"] for case in cases)
+        lines.append(f"    {name}: {test.get('points', len(cases))} points, "
+                     f"{len(cases) - hidden} public and {hidden} hidden test(s)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="assignments to build (default: all), e.g. "
+                        "a1_scaling_rules")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"build folder (default: {DEFAULT_OUT.relative_to(REPOSITORY)})")
+    parser.add_argument("--no-run-tests", action="store_true",
+                        help="do not grade the solutions against the tests (faster)")
+    args = parser.parse_args(argv)
+
+    available = {m.stem: m for m in masters()}
+    unknown = [n for n in args.names if n not in available]
+    if unknown:
+        parser.error(f"unknown assignment(s) {unknown}; available: {', '.join(available)}")
+    selected = [available[n] for n in args.names] or list(available.values())
+    for master in selected:
+        start = time.perf_counter()
+        result = build_one(master, args.out.resolve(), run_tests=not args.no_run_tests)
+        checked = "solutions pass every test" if not args.no_run_tests else "tests not run"
+        print(f"{master.stem}: {result} ({checked}, {time.perf_counter() - start:.0f} s)")
+        print(describe(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,444 @@
+"""The classroom assignments (notebooks/assignments/, otter-grader format) and their build.
+
+What is checked, per assignment:
+
+- the master's solutions pass every public and hidden test, graded by otter itself
+  (`otter assign` with run_tests, which executes the autograder notebook in a kernel);
+- every question has public and hidden tests, and the student version keeps only the public ones;
+- the student version has its solutions and hidden tests removed, and fails every autograded
+  question as handed out (graded against all tests; for A1 also by a real `otter run` with the
+  zip that goes to Gradescope);
+- for every question, plausible wrong answers (the solution with one typical mistake) fail at
+  least one hidden test, and those meant to slip past the public tests do;
+- generating twice gives byte-identical student and autograder folders (make_assignments.py
+  derives cell ids from content and writes the zip with fixed dates; see its docstring);
+- the masters are executed top to bottom with `True` as every test cell's stored output (otter
+  takes a test's expected output from the master), and neither the masters nor the build folder
+  are collected by `pytest --nbval`.
+
+The mutant checks run the autograder notebook's cells in this process (no kernel: fast) and
+grade with otter's own test classes; the in-process run of the unmodified solutions must pass
+every test first, so a mutant's failures are its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSIGNMENTS = ROOT / "notebooks" / "assignments"
+
+_spec = importlib.util.spec_from_file_location("make_assignments",
+                                               ASSIGNMENTS / "make_assignments.py")
+make_assignments = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_assignments)
+
+# otter 7 with pandas 3 and traitlets: deprecation noise from inside otter, not from us.
+pytestmark = [pytest.mark.filterwarnings("ignore:The inplace keyword in DataFrame.drop"),
+              pytest.mark.filterwarnings("ignore:Traits should be given as instances")]
+
+MASTERS = {path.stem: path for path in make_assignments.masters()}
+NAMES = sorted(MASTERS)
+
+# Plausible wrong answers: (question, mistake, [(solution text, wrong text), ...], passes the
+# public tests?). Each replacement must match exactly one place in the solutions.
+MUTANTS = {
+    "a1_scaling_rules": [
+        ("q1_round_filters", "no 10 % rule",
+         [("if rounded < 0.9 * scaled:", "if False:")], True),
+        ("q1_round_filters", "Python's round() to a multiple of 8",
+         [("int(scaled + divisor / 2) // divisor * divisor", "round(scaled / divisor) * divisor")],
+         True),
+        ("q2_round_repeats", "round() instead of ceil",
+         [("int(math.ceil(depth * repeats))", "round(depth * repeats)")], True),
+        ("q2_round_repeats", "int() truncates",
+         [("int(math.ceil(depth * repeats))", "int(depth * repeats)")], True),
+        ("q3_compound", "multipliers linear in phi",
+         [("return alpha**phi, beta**phi, gamma**phi",
+           "return 1 + (alpha - 1) * phi, 1 + (beta - 1) * phi, 1 + (gamma - 1) * phi")], True),
+        ("q3_compound", "ignores its alpha, beta, gamma",
+         [("return alpha**phi, beta**phi, gamma**phi", "return 1.2**phi, 1.1**phi, 1.15**phi")],
+         True),
+        ("q3_compound", "FLOPs linear in width and resolution",
+         [("depth * width**2 * resolution**2", "depth * width * resolution")], True),
+        ("q4_conv_macs", "forgets groups",
+         [("(conv.in_channels // conv.groups)", "conv.in_channels")], False),
+        ("q4_conv_macs", "ignores the stride",
+         [("(input_size + 2 * p_h - k_h) // s_h + 1", "input_size + 2 * p_h - k_h + 1"),
+          ("(input_size + 2 * p_w - k_w) // s_w + 1", "input_size + 2 * p_w - k_w + 1")], True),
+        ("q5_stage_tables", "round() for repeats",
+         [("round_repeats(repeats, depth))", "round(repeats * depth))")], True),
+        ("q5_stage_tables", "stem and head not scaled",
+         [("round_filters(STEM_CHANNELS, width), round_filters(HEAD_CHANNELS, width)",
+           "STEM_CHANNELS, HEAD_CHANNELS")], True),
+    ],
+    "a2_build_mbconv": [
+        ("q1_squeeze_excitation", "no sigmoid",
+         [("scale = torch.sigmoid(self.expand(self.act(self.reduce(scale))))",
+           "scale = self.expand(self.act(self.reduce(scale)))")], True),
+        ("q1_squeeze_excitation", "ReLU instead of swish",
+         [("self.act = nn.SiLU()\n        self.expand = nn.Conv2d(squeeze_channels, channels, 1)",
+           "self.act = nn.ReLU()\n        self.expand = nn.Conv2d(squeeze_channels, channels, 1)")],
+         True),
+        ("q2_stochastic_depth", "survivors not rescaled",
+         [("return x * keep / survival", "return x * keep")], True),
+        ("q2_stochastic_depth", "one coin per element, not per sample",
+         [("torch.empty(x.shape[0], 1, 1, 1,", "torch.empty(x.shape,")], True),
+        ("q2_stochastic_depth", "active at evaluation",
+         [("if not training or drop_probability == 0.0:", "if drop_probability == 0.0:")], False),
+        ("q3_mbconv", "squeeze width from the expanded channels",
+         [("max(1, int(in_channels * se_ratio))", "max(1, int(expanded * se_ratio))")], True),
+        ("q3_mbconv", "residual added when the stride is 2",
+         [("self.use_residual = stride == 1 and in_channels == out_channels",
+           "self.use_residual = in_channels == out_channels")], True),
+        ("q3_mbconv", "stochastic depth also at evaluation",
+         [("stochastic_depth(out, self.stochastic_depth, self.training)",
+           "stochastic_depth(out, self.stochastic_depth, True)")], True),
+        ("q3_mbconv", "activation after the projection",
+         [("ConvBNAct(expanded, out_channels, 1, activation=False)",
+           "ConvBNAct(expanded, out_channels, 1)")], True),
+        ("q4_stages", "schedule (i + 1) / N",
+         [("stochastic_depth=stochastic_depth * index / total",
+           "stochastic_depth=stochastic_depth * (index + 1) / total")], True),
+    ],
+    "a3_scale_and_look": [
+        ("q1_configs", "width scaled by t, not sqrt(t)",
+         [("w0 * math.sqrt(TARGET)", "w0 * TARGET")], True),
+        ("q1_configs", "phi = log2(t)",
+         [("phi = math.log(TARGET) / math.log(ALPHA * BETA**2 * GAMMA**2)",
+           "phi = math.log2(TARGET)")], True),
+        ("q1_configs", "planned FLOPs ratios instead of measured ones",
+         [("measured_flops(*config) / measured_flops(*BASELINE)",
+           "(1.0 if family == 'baseline' else TARGET)")], True),
+        ("q2_train_evaluate", "evaluated at the baseline's resolution",
+         [('ee.SyntheticObjects("val", N_VAL, resolution=model.config.resolution)',
+           'ee.SyntheticObjects("val", N_VAL, resolution=BASELINE[2])')], True),
+        ("q2_train_evaluate", "evaluated on training images",
+         [('ee.SyntheticObjects("val", N_VAL,', 'ee.SyntheticObjects("train", N_VAL,')], True),
+        ("q3_attention", "CAM of the predicted class, not the true one",
+         [("targets=data.labels,", "targets=None,")], True),
+        ("q3_attention", "CAM of the head (1 x 1 at this size)",
+         [('layer="stage3")  # (N_CAM, R, R)', 'layer="head")')], True),
+        ("q3_attention", "no guard for an all-zero map",
+         [("np.where(total > 0, inside / np.where(total > 0, total, 1.0), 0.0)",
+           "inside / total")], False),
+    ],
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _read(path: Path):
+    return nbformat.read(path, as_version=4)
+
+
+def _is_otter_cell(source: str) -> bool:
+    return "grader." in source or "import otter" in source
+
+
+def _check_cell_index(notebook, question: str) -> int:
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type == "code" and f'grader.check("{question}")' in cell.source:
+            return index
+    raise AssertionError(f"no grader.check cell for {question}")
+
+
+def _execute(cells, namespace: dict) -> list[str]:
+    """Run code cells in `namespace` as otter does: errors are recorded, the run goes on."""
+    import matplotlib.pyplot as plt
+
+    errors = []
+    for cell in cells:
+        if cell.cell_type != "code" or _is_otter_cell(cell.source):
+            continue
+        try:
+            exec(compile(cell.source, f"<cell {cell.get('id')}>", "exec"), namespace)
+        except Exception as error:  # noqa: BLE001 - a student's error, recorded like otter does
+            errors.append(f"{type(error).__name__}: {error}")
+        finally:
+            plt.close("all")
+    return errors
+
+
+def _grade(tests: dict, namespace: dict) -> dict:
+    """{question: OKTestFile after running its tests on namespace} (otter's own test class)."""
+    from otter.test_files import OKTestFile
+
+    results = {}
+    for name, spec in tests.items():
+        test_file = OKTestFile.from_spec(copy.deepcopy(spec))
+        test_file.run(namespace)
+        results[name] = test_file
+    return results
+
+
+def _failures(test_file) -> str:
+    return "\n".join(r.message[-1500:] for r in test_file.test_case_results if not r.passed)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    """build(name) -> the folder `otter assign` wrote, with every test run on the solutions."""
+    out = tmp_path_factory.mktemp("assignments")
+    cache: dict[str, Path | BaseException] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            try:
+                cache[name] = make_assignments.build_one(MASTERS[name], out, run_tests=True)
+            except BaseException as error:  # keep the error: do not rebuild for every test
+                cache[name] = error
+        if isinstance(cache[name], BaseException):
+            raise cache[name]
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def solved(build):
+    """solved(name) -> (autograder notebook, tests, namespace after running it in-process)."""
+    cache: dict[str, tuple] = {}
+
+    def get(name: str):
+        if name not in cache:
+            notebook = _read(build(name) / "autograder" / f"{name}.ipynb")
+            namespace = {"__name__": "__main__"}
+            errors = _execute(notebook.cells, namespace)
+            cache[name] = (notebook, notebook.metadata["otter"]["tests"], namespace, errors)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(autouse=True)
+def _headless_plots(monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+
+
+# ----------------------------------------------------------------------------- the masters
+
+@pytest.mark.parametrize("name", NAMES)
+def test_master_is_executed_in_order_with_true_test_outputs(name):
+    notebook = _read(MASTERS[name])
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), (
+        f"{name}: re-run the master top to bottom in a clean kernel and save it with outputs")
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    in_tests = False
+    test_cells = 0
+    for cell in notebook.cells:
+        if cell.cell_type == "raw" and re.match(r"#\s*BEGIN TESTS", cell.source.strip()):
+            in_tests = True
+        elif cell.cell_type == "raw" and re.match(r"#\s*END TESTS", cell.source.strip()):
+            in_tests = False
+        elif in_tests:
+            test_cells += 1
+            shown = [o["data"]["text/plain"] for o in cell.outputs if o.output_type ==
+                     "execute_result"]
+            assert shown == ["True"], (
+                f"{name}: a test cell must end in an expression that shows True (otter compares "
+                f"the student's output with the master's): {cell.source[:200]!r} shows {shown}")
+    assert test_cells > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_solutions_pass_every_test_in_otter(build, name):
+    # build_one runs otter assign with run_tests: it raises unless the autograder notebook scores
+    # full marks on every public and hidden test.
+    result = build(name)
+    assert (result / "student" / f"{name}.ipynb").is_file()
+    assert (result / "student" / "effnet_edu" / "__init__.py").is_file()
+    with zipfile.ZipFile(result / "autograder" / f"{name}-autograder.zip") as archive:
+        names = set(archive.namelist())
+    assert {"run_autograder", "setup.sh", "environment.yml", "otter_config.json",
+            "files/effnet_edu/__init__.py", "files/effnet_edu/attention.py"} <= names
+    assert any(n.startswith("tests/") for n in names)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_question_has_public_and_hidden_tests(build, name):
+    autograder = _read(build(name) / "autograder" / f"{name}.ipynb").metadata["otter"]["tests"]
+    student = _read(build(name) / "student" / f"{name}.ipynb").metadata["otter"]["tests"]
+    assert autograder and set(student) == set(autograder)
+    for question, spec in autograder.items():
+        cases = spec["suites"][0]["cases"]
+        public = [c["code"] for c in cases if not c["hidden"]]
+        assert public and len(public) < len(cases), f"{question}: needs public and hidden tests"
+        assert [c["code"] for c in student[question]["suites"][0]["cases"]] == public, (
+            f"{question}: the student version must hold exactly the public tests")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_in_process_run_of_the_solutions_passes(solved, name):
+    notebook, tests, namespace, errors = solved(name)
+    assert not errors, f"{name}: cells raised {errors}"
+    for question, result in _grade(tests, namespace).items():
+        assert result.passed_all, f"{name} {question}:\n{_failures(result)}"
+
+
+# ----------------------------------------------------------------------------- student versions
+
+def _solution_text(master) -> list[str]:
+    """Lines of the master that only a solution contains (long enough to be distinctive)."""
+    inside, lines = False, []
+    for cell in master.cells:
+        if cell.cell_type == "raw" and re.match(r"#\s*BEGIN SOLUTION", cell.source.strip()):
+            inside = True
+            continue
+        if cell.cell_type == "raw" and re.match(r"#\s*END SOLUTION", cell.source.strip()):
+            inside = False
+            continue
+        within = False
+        for line in cell.source.splitlines():
+            marker = line.strip()
+            if marker.startswith("# BEGIN SOLUTION"):
+                within = True
+            elif marker.startswith("# END SOLUTION"):
+                within = False
+            elif (within or line.rstrip().endswith("# SOLUTION")
+                  or (inside and cell.cell_type == "markdown")):
+                lines.append(marker.removesuffix("# SOLUTION").strip())
+    return [line for line in lines if len(line) >= 16]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_student_version_has_no_solutions_or_hidden_tests(build, name):
+    master = _read(MASTERS[name])
+    student_file = build(name) / "student" / f"{name}.ipynb"
+    student = _read(student_file)
+    text = "\n".join(c.source for c in student.cells)
+    solution = _solution_text(master)
+    assert len(solution) >= 5, "the solution-line detector found almost nothing: is it broken?"
+    student_lines = {line.strip() for line in text.splitlines()}
+    leaked = [line for line in solution if line in student_lines]
+    assert not leaked, f"{name}: solution lines in the student notebook: {leaked[:5]}"
+    raw = student_file.read_text()
+    for spec in _read(build(name) / "autograder" / f"{name}.ipynb").metadata.otter.tests.values():
+        for case in spec["suites"][0]["cases"]:
+            if case["hidden"]:
+                distinctive = max(case["code"].splitlines(), key=len).removeprefix(">>> ")
+                assert distinctive not in raw and distinctive not in text, (
+                    f"{name}: a hidden test leaked: {distinctive[:120]}")
+    assert "otter_answer_cell" in raw
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_student_version_fails_every_question(build, name):
+    student = _read(build(name) / "student" / f"{name}.ipynb")
+    tests = _read(build(name) / "autograder" / f"{name}.ipynb").metadata["otter"]["tests"]
+    namespace = {"__name__": "__main__"}
+    _execute(student.cells, namespace)
+    for question, result in _grade(tests, namespace).items():
+        passed = [r.test_case.name for r in result.test_case_results if r.passed]
+        assert not passed, f"{name} {question}: the stub passes {passed} as handed out"
+
+
+def test_student_version_scores_zero_with_otter_run(build, tmp_path):
+    """A real `otter run` with the zip that goes to Gradescope (effnet_edu travels inside it)."""
+    from otter.api import grade_submission
+
+    name = "a1_scaling_rules"
+    result = build(name)
+    submission = tmp_path / f"{name}.ipynb"
+    submission.write_bytes((result / "student" / f"{name}.ipynb").read_bytes())
+    cwd = os.getcwd()
+    try:
+        grades = grade_submission(str(submission), str(result / "autograder" /
+                                                       f"{name}-autograder.zip"), quiet=True)
+    finally:
+        os.chdir(cwd)
+    tests = _read(result / "autograder" / f"{name}.ipynb").metadata["otter"]["tests"]
+    assert grades.possible == sum(spec["points"] for spec in tests.values())
+    assert grades.total == 0
+
+
+# ----------------------------------------------------------------------------- wrong answers
+
+def _mutant_cases():
+    for name, mutants in MUTANTS.items():
+        for question, mistake, replacements, public_passes in mutants:
+            yield pytest.param(name, question, replacements, public_passes,
+                               id=f"{name}-{question}-{mistake.replace(' ', '_')}")
+
+
+def test_every_question_has_mutants():
+    for name in NAMES:
+        master = _read(MASTERS[name])
+        questions = {q for q, *_ in MUTANTS.get(name, [])}
+        autograded = set()
+        for cell in master.cells:
+            found = re.search(r"#\s*BEGIN QUESTION\s*\nname:\s*(\S+)", cell.source)
+            if cell.cell_type == "raw" and found and "manual: true" not in cell.source:
+                autograded.add(found.group(1))
+        assert autograded and autograded == questions, (
+            f"{name}: autograded questions {sorted(autograded)}, mutants for {sorted(questions)}")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # 0 / 0 mutants
+@pytest.mark.parametrize(("name", "question", "replacements", "public_passes"),
+                         list(_mutant_cases()))
+def test_plausible_wrong_answer_fails_a_hidden_test(solved, name, question, replacements,
+                                                    public_passes):
+    notebook, tests, solved_namespace, errors = solved(name)
+    assert not errors
+    cells = copy.deepcopy(notebook.cells)
+    first = None
+    for old, new in replacements:
+        where = [i for i, c in enumerate(cells) if c.cell_type == "code" and old in c.source]
+        assert len(where) == 1 and cells[where[0]].source.count(old) == 1, (
+            f"the mutant's text {old!r} must occur exactly once in the solutions")
+        cells[where[0]].source = cells[where[0]].source.replace(old, new)
+        first = where[0] if first is None else min(first, where[0])
+    check = _check_cell_index(notebook, question)
+    assert first < check, "the mutated cell must belong to the question"
+    # Re-run from the mutated cell to the question's check on top of the solved state: later
+    # cells (training, for A3) keep the solution's results, as the tests of this question need.
+    namespace = dict(solved_namespace)
+    _execute(cells[first:check], namespace)
+    result = _grade({question: tests[question]}, namespace)[question]
+    outcomes = [(r.test_case.hidden, r.passed) for r in result.test_case_results]
+    assert any(hidden and not passed for hidden, passed in outcomes), (
+        f"no hidden test of {question} catches this mistake: {outcomes}")
+    public = all(passed for hidden, passed in outcomes if not hidden)
+    assert public == public_passes, (
+        f"expected the public tests to {'pass' if public_passes else 'fail'}: {outcomes}")
+
+
+# ----------------------------------------------------------------------------- the build
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generation_is_deterministic(build, tmp_path, name):
+    first = build(name)
+    second = make_assignments.build_one(MASTERS[name], tmp_path, run_tests=False)
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    different = [str(p) for p in files if (first / p).read_bytes() != (second / p).read_bytes()]
+    assert not different, f"{name}: files differ between two builds: {different}"
+
+
+def test_masters_and_build_are_not_collected_by_nbval(pytestconfig):
+    testpaths = pytestconfig.getini("testpaths")
+    assert testpaths, "pyproject.toml's [tool.pytest.ini_options] should name the testpaths"
+    build_dir = make_assignments.DEFAULT_OUT
+    assert not any(build_dir.is_relative_to(ROOT / p) for p in testpaths), (
+        f"the build folder {build_dir} must lie outside pytest's testpaths {testpaths}")
+    assert "build/" in (ROOT / ".gitignore").read_text().split(), "build/ must not be committed"
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval", "--collect-only", "-q",
+         str(ASSIGNMENTS)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert collected.returncode == 5, (  # 5: "no tests were collected"
+        f"pytest --nbval collects from {ASSIGNMENTS}:\n{collected.stdout[-2000:]}")
