@@ -102,10 +102,12 @@ class ConvBNActivation(nn.Module):
         self.act = make_activation(activation) if activation is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.conv.groups > 1 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # Under CPU bf16 autocast, keep depthwise convolutions in fp32: oneDNN runs bf16 1x1
-            # convolutions twice as fast (AMX) but the *backward* of a bf16 depthwise one slower
-            # than fp32. Mixed this way, B0 trains 1.3x faster than in fp32 (benchmarks/README.md).
+        if (self.conv.groups > 1 and torch.is_grad_enabled() and x.device.type == "cpu"
+                and torch.is_autocast_enabled("cpu")):
+            # Training under CPU bf16 autocast: keep depthwise convolutions in fp32. oneDNN runs
+            # bf16 1x1 convolutions twice as fast (AMX) but the *backward* of a bf16 depthwise
+            # one slower than fp32; mixed this way B0 trains 1.3x faster than in fp32
+            # (benchmarks/README.md). Without gradients (inference) bf16 is faster throughout.
             with torch.autocast("cpu", enabled=False):
                 return self.act(self.bn(self.conv(x.float())))
         return self.act(self.bn(self.conv(x)))

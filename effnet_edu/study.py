@@ -244,13 +244,20 @@ def run_study(points: list[StudyPoint], dataset_factory, train_config, out_dir: 
                 done[futures[future]] = future.result()
                 report(done[futures[future]])
         rows = [done[i] for i in range(len(jobs))]
-    results_path.write_text(json.dumps(rows, indent=2))
+    write_results(rows, out_dir)
+    return rows
+
+
+def write_results(rows: list[dict], out_dir: str | Path) -> None:
+    """results.json, results.csv (one row per model and seed) and plot.png in `out_dir`."""
+    out_dir = Path(out_dir)
+    (out_dir / "results.json").write_text(json.dumps(rows, indent=2))
+    fields = list(dict.fromkeys(key for row in rows for key in row))  # union, in order
     with open(out_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     plot_study(rows, out_dir / "plot.png")
-    return rows
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -273,31 +280,47 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def plot_study(rows: list[dict], path: str | Path | None = None):
-    """Accuracy against FLOPs, one line per scaling family (the paper's Figure 8 layout)."""
+    """Accuracy against FLOPs, one line per scaling family (the paper's Figure 8 layout).
+
+    When the rows carry per-factor accuracy (synthetic data), two more panels show which part
+    of the task each family improved: the arrangement of the discs and their texture.
+    """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     summary = summarize(rows)
     baseline = [s for s in summary if s["family"] == "baseline"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for family in FAMILIES[1:]:
-        points = sorted(baseline + [s for s in summary if s["family"] == family],
-                        key=lambda s: s["flops"])
-        if len(points) <= len(baseline):
-            continue
-        ax.errorbar([p["flops"] / 1e6 for p in points], [100 * p["accuracy"] for p in points],
-                    yerr=[100 * p["spread"] for p in points], marker="o", capsize=3,
-                    color=FAMILY_COLORS[family], label=f"{family} scaling")
-    ax.set_xscale("log")
-    ax.set_xlabel("FLOPs (millions of multiply-adds per image)")
-    ax.set_ylabel("validation accuracy (%)")
+    panels = [("accuracy", "validation accuracy, 24 classes (%)")]
+    panels += [(key, f"{key.split('_')[0]} right (%)") for key in
+               ("arrangement_accuracy", "texture_accuracy") if key in summary[0]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 0.6, 4.2),
+                             squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
+        for family in FAMILIES[1:]:
+            points = sorted(baseline + [s for s in summary if s["family"] == family],
+                            key=lambda s: s["flops"])
+            if len(points) <= len(baseline):
+                continue
+            ax.errorbar([p["flops"] / 1e6 for p in points], [100 * p[key] for p in points],
+                        yerr=[100 * p["spread"] if key == "accuracy" else 0 for p in points],
+                        marker="o", capsize=3, color=FAMILY_COLORS[family],
+                        label=f"{family} scaling")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.set_xlabel("FLOPs (millions of multiply-adds per image)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
     best = max((s for s in summary if s["family"] != "baseline"), key=lambda s: s["accuracy"],
                default=None)
     title = "Scaling a small EfficientNet on synthetic objects"
     if best is not None:
-        title += f"\nbest: {best['family']} scaling ({100 * best['accuracy']:.1f} %)"
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+        title += f": best is {best['family']} scaling ({100 * best['accuracy']:.1f} %)"
+    axes[0][0].legend(fontsize=9)
+    if len(panels) > 1:
+        axes[0][1].set_title("which part of the label improved: arrangement ...")
+        axes[0][2].set_title("... and texture (chance: 33 % and 25 %)")
+    fig.suptitle(title)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

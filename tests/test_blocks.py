@@ -120,6 +120,8 @@ def test_depthwise_convolutions_stay_fp32_under_cpu_autocast():
         z = pointwise(y)
     assert y.dtype == torch.float32 and torch.equal(y, depthwise(x))  # exactly the fp32 result
     assert z.dtype == torch.bfloat16  # 1x1 convolutions keep bf16 (fast on AMX)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert depthwise(x).dtype == torch.bfloat16  # inference: bf16 depthwise is fast
     # Backward goes through both, and without autocast nothing changes.
     x.requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
