@@ -20,12 +20,21 @@ $(STAMP): pyproject.toml | $(BIN)/python
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
+# The browser tests (tests/browser) need Chromium and Playwright: installed here when missing,
+# else skipped with the reason, which -rs prints in the summary.
 test: $(STAMP)
-	TQDM_DISABLE=1 $(BIN)/python -m pytest --nbval
+	@sh .ci/install_browser_deps.sh $(BIN)/python
+	TQDM_DISABLE=1 $(BIN)/python -m pytest --nbval -rs
 	$(BIN)/ruff check .
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# Student and autograder versions of every assignment (otter-grader) in build/assignments/, the
+# solutions graded against all public and hidden tests on the way; offline. See docs/teaching.md.
+.PHONY: assignments
+assignments: $(STAMP)
+	TQDM_DISABLE=1 $(BIN)/python notebooks/assignments/make_assignments.py
 
 clean-venv:
 	rm -rf $(VENV)

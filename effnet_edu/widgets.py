@@ -16,6 +16,7 @@ Used by: notebooks 03 (compound scaling) and 05 (GradCAM).
 from __future__ import annotations
 
 import functools
+import threading
 
 import ipywidgets as widgets
 from IPython.display import Markdown, display
@@ -25,6 +26,10 @@ from .profiling import config_flops, config_params, measure_latency
 from .scaling import ALPHA, BETA, GAMMA, OFFICIAL_VARIANTS, explain_official_variants
 
 PHI_COLOR = "#d62728"  # compound scaling's colour in every figure (see effnet_edu.study)
+# ipykernel may run a widget callback on another thread while the main thread still draws, and
+# matplotlib is not thread-safe: explorers draw on their own Figure objects (never through
+# pyplot's global state, which IPython redraws after every message) and one at a time.
+_DRAW_LOCK = threading.RLock()
 
 
 @functools.lru_cache(maxsize=64)
@@ -79,11 +84,13 @@ class PhiExplorer:
         return text
 
     def figure(self):
-        import matplotlib.pyplot as plt
+        """The FLOPs-against-phi plot for the current result (a matplotlib Figure; `display` it)."""
+        from matplotlib.figure import Figure
 
         phis = [i / 10 for i in range(0, int(self.slider.max * 10) + 1)]
         flops = [_phi_numbers(p, self.alpha, self.beta, self.gamma)["flops"] / 1e9 for p in phis]
-        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        fig = Figure(figsize=(6.4, 3.6))
+        ax = fig.subplots()
         ax.plot(phis, flops, color=PHI_COLOR, label="efficientnet(phi=φ)")
         for name, phi in self._official:
             official = config_flops(efficientnet_config(name)) / 1e9
@@ -102,16 +109,13 @@ class PhiExplorer:
         return fig
 
     def update(self, phi: float) -> dict:
-        import matplotlib.pyplot as plt
-
-        self.result = self.compute(phi)
-        with self.output:
-            self.output.clear_output(wait=True)
-            print(self.summary())
-            display(Markdown(self.result["config"].stage_table()))
-            fig = self.figure()
-            plt.show()
-            plt.close(fig)
+        with _DRAW_LOCK:
+            self.result = self.compute(phi)
+            with self.output:
+                self.output.clear_output(wait=True)
+                print(self.summary())
+                display(Markdown(self.result["config"].stage_table()))
+                display(self.figure())
         return self.result
 
     def _ipython_display_(self):
