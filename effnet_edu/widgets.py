@@ -5,10 +5,9 @@
 with a plot that marks where the released B0-B7 sit.
 
 Every explorer keeps its latest result in `.result`, so a notebook (and nbval, which has no
-browser) can set ``explorer.slider.value = 3`` and assert what changed. Headless, the Output
-widget's content is printed as ordinary cell output under nbval but stored inside the widget by
-nbconvert: cells that build or move an explorer are marked ``# NBVAL_IGNORE_OUTPUT`` and
-followed by a cell that prints and asserts ``explorer.summary()`` / ``explorer.result``.
+browser) can set ``explorer.slider.value = 3`` and assert what changed: cells that build or move
+an explorer are marked ``# NBVAL_IGNORE_OUTPUT`` and followed by a cell that prints and asserts
+``explorer.summary()`` / ``explorer.result``.
 
 Used by: notebooks 03 (compound scaling) and 05 (GradCAM).
 """
@@ -16,10 +15,11 @@ Used by: notebooks 03 (compound scaling) and 05 (GradCAM).
 from __future__ import annotations
 
 import functools
+import io
 import threading
 
 import ipywidgets as widgets
-from IPython.display import Markdown, display
+from IPython.display import Image, Markdown, display
 
 from .model import efficientnet, efficientnet_config
 from .profiling import config_flops, config_params, measure_latency
@@ -28,7 +28,9 @@ from .scaling import ALPHA, BETA, GAMMA, OFFICIAL_VARIANTS, explain_official_var
 PHI_COLOR = "#d62728"  # compound scaling's colour in every figure (see effnet_edu.study)
 # ipykernel may run a widget callback on another thread while the main thread still draws, and
 # matplotlib is not thread-safe: explorers draw on their own Figure objects (never through
-# pyplot's global state, which IPython redraws after every message) and one at a time.
+# pyplot's global state, which IPython redraws after every message) and one at a time. They set
+# their Output widget's content directly rather than printing inside ``with output:``, which can
+# leave nbclient (nbconvert --execute) waiting forever (jupyter/nbclient#312).
 _DRAW_LOCK = threading.RLock()
 
 
@@ -111,11 +113,12 @@ class PhiExplorer:
     def update(self, phi: float) -> dict:
         with _DRAW_LOCK:
             self.result = self.compute(phi)
-            with self.output:
-                self.output.clear_output(wait=True)
-                print(self.summary())
-                display(Markdown(self.result["config"].stage_table()))
-                display(self.figure())
+            png = io.BytesIO()
+            self.figure().savefig(png, format="png", dpi=100)
+            self.output.outputs = ()
+            self.output.append_stdout(self.summary() + "\n")
+            self.output.append_display_data(Markdown(self.result["config"].stage_table()))
+            self.output.append_display_data(Image(data=png.getvalue(), format="png"))
         return self.result
 
     def _ipython_display_(self):

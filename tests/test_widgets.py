@@ -17,6 +17,12 @@ def test_phi_slider_updates_result():
     model = ee.efficientnet(phi=2.0)
     assert r["params"] == ee.count_params(model) and r["flops"] == ee.count_flops(model)
     assert "φ = 2.00" in explorer.summary() and "2^φ = 4.00" in explorer.summary()
+    # What the student sees: the summary, the stage table and the plot, in the Output widget.
+    text, table, plot = explorer.output.outputs
+    assert text["text"] == explorer.summary() + "\n"
+    markdown = table["data"]["text/markdown"]
+    assert "| stem |" in markdown and "296x296" in markdown
+    assert plot["data"]["image/png"]
     explorer.slider.value = 1.5  # fractional phi
     assert explorer.result["phi"] == 1.5 and explorer.result["flops_ratio"] > 2
 
