@@ -199,10 +199,10 @@ def run_study(points: list[StudyPoint], dataset_factory, train_config, out_dir: 
 
     `dataset_factory(split, resolution)` returns a dataset; each model gets data rendered at
     its own resolution. `workers` > 1 trains that many models at once, in separate processes
-    of one thread each (the factory must then be picklable, like `DatasetFactory`); results do
-    not depend on it. `save_models` writes each trained model to ``out_dir/models/``
-    (`model_filename`), loadable with `effnet_edu.training.load_checkpoint`. Returns one row
-    per (point, seed), in plan order.
+    of one thread each (the factory must then be picklable, like `DatasetFactory`); the results
+    equal those of a serial run with one thread. `save_models` writes each trained model to
+    ``out_dir/models/`` (`model_filename`), loadable with `effnet_edu.training.load_checkpoint`.
+    Returns one row per (point, seed), in plan order.
     """
     import concurrent.futures
     import multiprocessing

@@ -69,7 +69,14 @@ def test_run_study_in_parallel_equals_serial_and_saves_models(tmp_path):
     factory = DatasetFactory("synthetic", train_samples=64, val_samples=48)
     config = TrainConfig(epochs=1, batch_size=32, optimizer="adamw", lr=3e-3,
                          label_smoothing=0.0, progress=False, device="cpu")
-    serial = run_study(points, factory, config, tmp_path / "serial", log=lambda _: None)
+    # Workers train with one thread each; the serial run must too for bit-equal results (a
+    # different thread count changes the order of floating-point sums).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = run_study(points, factory, config, tmp_path / "serial", log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
     parallel = run_study(points, factory, config, tmp_path / "parallel", workers=2,
                          save_models=True, log=lambda _: None)
     drop = ("seconds", "cpu_seconds")
