@@ -301,7 +301,8 @@ def _atomic_save(obj, path: Path) -> None:
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
                     map_location="cpu") -> tuple[nn.Module, dict]:
-    """Load a checkpoint written by `fit` (``weights_only=True``: tensors and plain data only).
+    """Load a checkpoint written by `fit` (``weights_only=True``: tensors and plain data only),
+    or a compressed one written by `effnet-edu scale-study --save-models`.
 
     With `model`, its architecture must match the checkpoint's; without, the model is rebuilt
     from the config stored in the checkpoint. Returns (model, checkpoint dict); the model has
@@ -325,7 +326,12 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
         if differences:
             raise ValueError(f"{path} was written for a different architecture: "
                              + "; ".join(differences[:6]))
-    weights = checkpoint.get("ema") or checkpoint["model"]
+    if "model_compressed" in checkpoint:  # 4/8-bit weights, e.g. the scale study's models
+        from .compression import decompress_state_dict
+
+        weights = decompress_state_dict(checkpoint["model_compressed"])
+    else:
+        weights = checkpoint.get("ema") or checkpoint["model"]
     _unwrap(model).load_state_dict(weights)
     return model.eval(), checkpoint
 
