@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--base-depth", type=float, default=0.5)
     study.add_argument("--base-width", type=float, default=0.5)
     study.add_argument("--base-resolution", type=_positive_int, default=48)
-    study.add_argument("--epochs", type=int, default=6)
+    study.add_argument("--epochs", type=int, default=4)
     study.add_argument("--batch-size", type=int, default=64)
     study.add_argument("--optimizer", default="adamw")
     study.add_argument("--lr", type=float, default=3e-3)

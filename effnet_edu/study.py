@@ -219,6 +219,9 @@ def run_study(points: list[StudyPoint], dataset_factory, train_config, out_dir: 
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    if getattr(train_config, "ema_decay", None) is not None:
+        raise ValueError("the study scores and saves each model's trained weights; weight EMA "
+                         "is not supported here (set ema_decay=None)")
     out_dir = Path(out_dir)
     results_path = out_dir / "results.json"
     if results_path.exists() and not getattr(train_config, "overwrite", False):

@@ -8,6 +8,7 @@ import torch
 
 from effnet_edu import efficientnet
 from effnet_edu.compression import (
+    GROUP,
     LARGE,
     _pack4,
     _unpack4,
@@ -26,6 +27,19 @@ def _torch_per_channel(weight: torch.Tensor, bits: int) -> torch.Tensor:
     scales = weight.reshape(weight.shape[0], -1).abs().amax(dim=1) / qmax
     zero_points = torch.zeros(weight.shape[0], dtype=torch.int32)
     return torch.fake_quantize_per_channel_affine(weight, scales, zero_points, 0, -qmax, qmax)
+
+
+def _torch_grouped4(weight: torch.Tensor, group: int = GROUP) -> torch.Tensor:
+    """The same quantizer at 4 bits on groups of `group` consecutive weights of a channel, each
+    group with its own scale (max |w| / 7, stored as float16)."""
+    rows = weight.reshape(weight.shape[0], -1)
+    n = rows.shape[1]
+    padded = torch.cat([rows, rows.new_zeros(rows.shape[0], -n % group)], dim=1)
+    groups = padded.reshape(-1, group)
+    scales = (groups.abs().amax(dim=1) / 7).half().float()
+    zero_points = torch.zeros(groups.shape[0], dtype=torch.int32)
+    quantized = torch.fake_quantize_per_channel_affine(groups, scales, zero_points, 0, -7, 7)
+    return quantized.reshape(rows.shape[0], -1)[:, :n].reshape(weight.shape)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +70,7 @@ def test_round_trip_equals_torch_per_channel_quantization(model):
             pointwise = value.dim() == 4 and value.shape[2:] == (1, 1)
             bits = 4 if pointwise and value.numel() >= LARGE else 8
             kinds[bits] += value.numel()
-            reference = _torch_per_channel(value, bits)
+            reference = _torch_grouped4(value) if bits == 4 else _torch_per_channel(value, 8)
             assert torch.allclose(restored[key], reference, rtol=1e-5, atol=1e-7), key
     # Both kinds occur, and the large pointwise convolutions hold most of the weights.
     assert kinds[4] > kinds[8] > 0
@@ -94,11 +108,39 @@ def test_compressed_checkpoint_loads_with_weights_only(model, tmp_path):
         assert torch.equal(value, expected[key]), key
 
 
-def test_bad_input_is_refused():
+def test_several_odd_sized_tensors_of_each_kind_round_trip():
+    # The decoder walks shared buffers with running offsets: odd 4-bit lengths (a padding
+    # nibble each), 8-bit and float16 tensors and integer buffers, interleaved.
+    torch.manual_seed(1)
+    state = {"a": torch.randn(3, 5, 1, 1), "b.running_mean": torch.randn(7),
+             "c": torch.randn(7, 1, 1, 1), "d": torch.randn(4, 1, 3, 3),
+             "e.num_batches_tracked": torch.tensor(12), "f": torch.randn(5, 70, 1, 1),
+             "g": torch.randn(2, 9)}
+    restored = decompress_state_dict(compress_state_dict(state, large=1))
+    assert list(restored) == list(state)
+    for key in ("a", "c", "f"):  # 1x1 convolutions: 4 bits, in groups
+        assert torch.allclose(restored[key], _torch_grouped4(state[key]), atol=1e-7), key
+    for key in ("d", "g"):  # k x k and linear: 8 bits
+        assert torch.allclose(restored[key], _torch_per_channel(state[key], 8), atol=1e-7), key
+    assert torch.equal(restored["b.running_mean"], state["b.running_mean"].half().float())
+    assert torch.equal(restored["e.num_batches_tracked"], torch.tensor(12))
+
+
+def test_bad_input_is_refused(model):
     with pytest.raises(ValueError, match="not a compressed state_dict"):
         decompress_state_dict({"conv.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="pass checkpoint\\['model_compressed'\\]"):
+        decompress_state_dict({"model_compressed": {}})
     with pytest.raises(ValueError, match="large must be an integer >= 1"):
         compress_state_dict({}, large=0)
+    good = compress_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match="unknown kind 'int2'"):
+        decompress_state_dict({**good, "entries": [[*good["entries"][0][:1], "int2",
+                                                    good["entries"][0][2]]]})
+    with pytest.raises(ValueError, match="truncated"):
+        decompress_state_dict({**good, "int8": good["int8"][:-1]})
+    with pytest.raises(ValueError, match="values no entry uses"):
+        decompress_state_dict({**good, "halves": torch.cat([good["halves"], good["halves"][:1]])})
 
 
 def test_an_all_zero_channel_stays_zero():
