@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(e.g. the number of CPU cores; default 1)")
     study.add_argument("--save-models", action="store_true",
                        help="keep every trained model in OUT/models/ (4/8-bit weights, "
-                       "effnet_edu.compression; about 0.7 MB a model)")
+                       "effnet_edu.compression; 0.6-1 MB a model)")
     study.add_argument("--overwrite", action="store_true")
     study.set_defaults(func=cmd_scale_study)
     return parser
