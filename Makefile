@@ -25,10 +25,12 @@ lab: $(STAMP)
 test: $(STAMP)
 	@sh .ci/install_browser_deps.sh $(BIN)/python
 	TQDM_DISABLE=1 $(BIN)/python -m pytest --nbval -rs
-	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory lint
 
+# Style: ruff's linter and formatter (the formatter only checks here; `ruff format .` applies it).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Student and autograder versions of every assignment (otter-grader) in build/assignments/, the
 # solutions graded against all public and hidden tests on the way; offline. See docs/teaching.md.

@@ -66,7 +66,9 @@ CONFIGURATIONS: dict[str, dict | None] = {
     'effnet_edu activation="memory_efficient_silu"': {"activation": "memory_efficient_silu"},
     "effnet_edu gradient_checkpointing=True": {"gradient_checkpointing": True},
     "effnet_edu memory_efficient_silu + gradient_checkpointing": {
-        "activation": "memory_efficient_silu", "gradient_checkpointing": True},
+        "activation": "memory_efficient_silu",
+        "gradient_checkpointing": True,
+    },
 }
 BASELINE = "torchvision efficientnet_b0"
 TARGET_REDUCTION = 30.0  # percent, the project's target for its memory-saving option
@@ -74,6 +76,7 @@ MIB = 2**20
 
 
 # ----------------------------------------------------------------------------- one configuration
+
 
 def current_rss_bytes() -> int:
     """Resident set size now (Linux /proc; elsewhere falls back to the peak so far)."""
@@ -98,8 +101,15 @@ def build(name: str) -> nn.Module:
     return ee.efficientnet("b0", **kwargs)
 
 
-def measure_one(name: str, device: torch.device, resolution: int, batch_size: int, steps: int,
-                channels_last: bool, amp: str) -> dict:
+def measure_one(
+    name: str,
+    device: torch.device,
+    resolution: int,
+    batch_size: int,
+    steps: int,
+    channels_last: bool,
+    amp: str,
+) -> dict:
     """Train `name` for `steps` steps in this process; its peak memory above the setup's."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = build(name).to(device, memory_format=memory_format).train()
@@ -128,44 +138,70 @@ def measure_one(name: str, device: torch.device, resolution: int, batch_size: in
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds.append(time.process_time() - start)
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else peak_rss_bytes())
-    return {"name": name, "baseline_mib": baseline / MIB, "peak_mib": peak / MIB,
-            "training_mib": (peak - baseline) / MIB, "last_step_cpu_s": seconds[-1]}
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
+    return {
+        "name": name,
+        "baseline_mib": baseline / MIB,
+        "peak_mib": peak / MIB,
+        "training_mib": (peak - baseline) / MIB,
+        "last_step_cpu_s": seconds[-1],
+    }
 
 
 # ----------------------------------------------------------------------------- all of them
 
+
 def run_in_child(name: str, args: argparse.Namespace) -> dict:
     """Measure one configuration in a fresh interpreter; returns its JSON result."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", name,
-               "--device", str(args.device), "--resolution", str(args.resolution),
-               "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-               "--amp", args.amp] + (["--channels-last"] if args.channels_last else []) + (
-                   ["--threads", str(args.threads)] if args.threads else [])
+    command = (
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            name,
+            "--device",
+            str(args.device),
+            "--resolution",
+            str(args.resolution),
+            "--batch-size",
+            str(args.batch_size),
+            "--steps",
+            str(args.steps),
+            "--amp",
+            args.amp,
+        ]
+        + (["--channels-last"] if args.channels_last else [])
+        + (["--threads", str(args.threads)] if args.threads else [])
+    )
     # glibc's malloc serves big blocks with their own mmap and returns them on free, but it
     # raises that threshold as a program runs, after which freed blocks may stay cached in the
     # heap. Fixing it at 64 KiB makes RSS follow the live tensors, not the allocator's history.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode != 0:
-        raise RuntimeError(f"measuring {name!r} failed (exit {done.returncode}):\n"
-                           f"{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"measuring {name!r} failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
+        )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def report(results: list[dict], args: argparse.Namespace, minutes: float) -> str:
     base = next(r for r in results if r["name"] == BASELINE)["training_mib"]
     device = args.device
-    method = ("torch.cuda.max_memory_allocated - memory_allocated after setup"
-              if device.type == "cuda" else
-              "peak RSS (ru_maxrss) - RSS after model/optimizer/batch creation, one fresh "
-              "process per configuration, glibc MALLOC_MMAP_THRESHOLD_=65536")
+    method = (
+        "torch.cuda.max_memory_allocated - memory_allocated after setup"
+        if device.type == "cuda"
+        else "peak RSS (ru_maxrss) - RSS after model/optimizer/batch creation, one fresh "
+        "process per configuration, glibc MALLOC_MMAP_THRESHOLD_=65536"
+    )
     dtype = autocast_dtype(device, args.amp)
-    recipe = (f"{'channels_last' if args.channels_last else 'NCHW'}, "
-              f"{str(dtype).removeprefix('torch.') + ' autocast' if dtype else 'fp32'}")
-    command = "python " + " ".join(shlex.quote(a) for a in
-                                   ["benchmarks/bench_memory.py", *sys.argv[1:]])
+    recipe = (
+        f"{'channels_last' if args.channels_last else 'NCHW'}, "
+        f"{str(dtype).removeprefix('torch.') + ' autocast' if dtype else 'fp32'}"
+    )
+    command = "python " + " ".join(
+        shlex.quote(a) for a in ["benchmarks/bench_memory.py", *sys.argv[1:]]
+    )
     lines = [
         f"## Peak training memory: EfficientNet-B0, {args.resolution} px, batch "
         f"{args.batch_size}, {recipe}, {device.type.upper()}",
@@ -183,31 +219,54 @@ def report(results: list[dict], args: argparse.Namespace, minutes: float) -> str
         saving_option = bool(CONFIGURATIONS[r["name"]])  # the target is for memory options
         target = ("met" if -change >= TARGET_REDUCTION else "NOT met") if saving_option else ""
         change = "—" if r["name"] == BASELINE else f"{change:+.1f} %"
-        lines.append(f"| {r['name']} | {r['training_mib']:,.0f} | {change} "
-                     f"| {r['last_step_cpu_s']:.1f} | {target} |")
+        lines.append(
+            f"| {r['name']} | {r['training_mib']:,.0f} | {change} "
+            f"| {r['last_step_cpu_s']:.1f} | {target} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
-    parser.add_argument("--resolution", type=int, default=None,
-                        help="input size in pixels (default 224; 96 with --quick)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="training batch (default 32; 8 with --quick)")
-    parser.add_argument("--steps", type=int, default=2,
-                        help="training steps per configuration (default 2: the first allocates "
-                             "gradients and momentum, the second runs in steady state)")
-    parser.add_argument("--channels-last", action="store_true",
-                        help="channels_last layout for all configurations (default NCHW)")
-    parser.add_argument("--amp", default="off", choices=["off", "auto", "bf16", "fp16"],
-                        help="autocast for all configurations, as in `fit` (default off: fp32)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads in each child (default: torch's choice)")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="input size in pixels (default 224; 96 with --quick)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="training batch (default 32; 8 with --quick)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=2,
+        help="training steps per configuration (default 2: the first allocates "
+        "gradients and momentum, the second runs in steady state)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels_last layout for all configurations (default NCHW)",
+    )
+    parser.add_argument(
+        "--amp",
+        default="off",
+        choices=["off", "auto", "bf16", "fp16"],
+        help="autocast for all configurations, as in `fit` (default off: fp32)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads in each child (default: torch's choice)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 96 px, batch 8")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here (.md)")
-    parser.add_argument("--child", default=None, choices=list(CONFIGURATIONS),
-                        help=argparse.SUPPRESS)  # internal: measure one configuration
+    parser.add_argument(
+        "--child", default=None, choices=list(CONFIGURATIONS), help=argparse.SUPPRESS
+    )  # internal: measure one configuration
     args = parser.parse_args(argv)
     args.device = select_device(args.device)
     if args.resolution is None:
@@ -225,17 +284,26 @@ def main(argv: list[str] | None = None) -> str | None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.child is not None:
-        result = measure_one(args.child, args.device, args.resolution, args.batch_size,
-                             args.steps, args.channels_last, args.amp)
+        result = measure_one(
+            args.child,
+            args.device,
+            args.resolution,
+            args.batch_size,
+            args.steps,
+            args.channels_last,
+            args.amp,
+        )
         print(json.dumps(result))
         return None
     started = time.perf_counter()
     results = []
     for name in CONFIGURATIONS:
         result = run_in_child(name, args)
-        print(f"{name:60s} {result['training_mib']:9,.0f} MiB  (baseline "
-              f"{result['baseline_mib']:,.0f} MiB, {result['last_step_cpu_s']:.2f} CPU-s/step)",
-              flush=True)
+        print(
+            f"{name:60s} {result['training_mib']:9,.0f} MiB  (baseline "
+            f"{result['baseline_mib']:,.0f} MiB, {result['last_step_cpu_s']:.2f} CPU-s/step)",
+            flush=True,
+        )
         results.append(result)
     return write_report(report(results, args, (time.perf_counter() - started) / 60), args.out)
 

@@ -64,6 +64,7 @@ PARITY_TOLERANCE = 1e-4  # max |logit difference| in eval mode, as in tests/test
 
 # ----------------------------------------------------------------------------- configurations
 
+
 @dataclass(frozen=True)
 class Setting:
     """How a model is run: memory layout, autocast dtype (None: fp32), torch.compile or not."""
@@ -111,10 +112,15 @@ def plan(device: torch.device, training: bool) -> list[Comparison]:
     fp32_cl = Setting(channels_last=True, amp=None)
     same_layout_target = 1.0 if training else None
     rows = [
-        Comparison("NCHW, fp32 (both)", Cell(OURS, fp32_nchw), Cell(THEIRS, fp32_nchw),
-                   same_layout_target),
-        Comparison("channels_last, fp32 (both)", Cell(OURS, fp32_cl), Cell(THEIRS, fp32_cl),
-                   same_layout_target),
+        Comparison(
+            "NCHW, fp32 (both)", Cell(OURS, fp32_nchw), Cell(THEIRS, fp32_nchw), same_layout_target
+        ),
+        Comparison(
+            "channels_last, fp32 (both)",
+            Cell(OURS, fp32_cl),
+            Cell(THEIRS, fp32_cl),
+            same_layout_target,
+        ),
     ]
     amp = mixed_precision_dtype(device)
     mixed = Setting(channels_last=True, amp=amp)
@@ -122,19 +128,31 @@ def plan(device: torch.device, training: bool) -> list[Comparison]:
         rows.append(Comparison(f"{mixed.label} (both)", Cell(OURS, mixed), Cell(THEIRS, mixed)))
         if device.type == "cuda":
             compiled = Setting(channels_last=True, amp=amp, compile=True)
-            rows.append(Comparison(f"{compiled.label} (both)", Cell(OURS, compiled),
-                                   Cell(THEIRS, compiled)))
+            rows.append(
+                Comparison(f"{compiled.label} (both)", Cell(OURS, compiled), Cell(THEIRS, compiled))
+            )
     ours_default = default_setting(device)
-    rows.append(Comparison(
-        f"out-of-the-box defaults: effnet_edu `fit` ({ours_default.label}) vs torchvision "
-        f"({fp32_nchw.label})", Cell(OURS, ours_default), Cell(THEIRS, fp32_nchw),
-        1.5 if training else None))
+    rows.append(
+        Comparison(
+            f"out-of-the-box defaults: effnet_edu `fit` ({ours_default.label}) vs torchvision "
+            f"({fp32_nchw.label})",
+            Cell(OURS, ours_default),
+            Cell(THEIRS, fp32_nchw),
+            1.5 if training else None,
+        )
+    )
     if amp is not None and mixed != ours_default:  # the mixed-precision opt-in, for comparison
-        name = str(amp).removeprefix("torch.").replace("bfloat16", "bf16").replace(
-            "float16", "fp16")
-        rows.append(Comparison(
-            f"effnet_edu `fit(amp=\"{name}\")` ({mixed.label}) vs torchvision "
-            f"({fp32_nchw.label})", Cell(OURS, mixed), Cell(THEIRS, fp32_nchw)))
+        name = (
+            str(amp).removeprefix("torch.").replace("bfloat16", "bf16").replace("float16", "fp16")
+        )
+        rows.append(
+            Comparison(
+                f'effnet_edu `fit(amp="{name}")` ({mixed.label}) vs torchvision '
+                f"({fp32_nchw.label})",
+                Cell(OURS, mixed),
+                Cell(THEIRS, fp32_nchw),
+            )
+        )
     return rows
 
 
@@ -149,6 +167,7 @@ def mixed_precision_dtype(device: torch.device) -> torch.dtype | None:
 
 # ----------------------------------------------------------------------------- models
 
+
 def build_models(device: torch.device) -> dict[str, nn.Module]:
     """torchvision's B0 (seeded random init) and ours carrying exactly its weights."""
     torch.manual_seed(0)
@@ -160,17 +179,26 @@ def build_models(device: torch.device) -> dict[str, nn.Module]:
     with torch.no_grad():
         difference = (ours(x) - theirs(x)).abs().max().item()
     if difference > PARITY_TOLERANCE:
-        raise AssertionError(f"the two models disagree by {difference:.2e} (> "
-                             f"{PARITY_TOLERANCE:g}) with the same weights: the benchmark would "
-                             f"compare different networks; run tests/test_model.py")
+        raise AssertionError(
+            f"the two models disagree by {difference:.2e} (> "
+            f"{PARITY_TOLERANCE:g}) with the same weights: the benchmark would "
+            f"compare different networks; run tests/test_model.py"
+        )
     return {OURS: ours.to(device), THEIRS: theirs.to(device)}
 
 
 class Runner:
     """A private copy of a model (layout, compile, optimizer) that runs one step on demand."""
 
-    def __init__(self, base: nn.Module, setting: Setting, device: torch.device,
-                 batch_size: int, resolution: int, training: bool):
+    def __init__(
+        self,
+        base: nn.Module,
+        setting: Setting,
+        device: torch.device,
+        batch_size: int,
+        resolution: int,
+        training: bool,
+    ):
         config = TrainConfig()
         self.model = copy.deepcopy(base).train(training)
         memory_format = torch.channels_last if setting.channels_last else torch.contiguous_format
@@ -216,9 +244,20 @@ def synchronize(device: torch.device) -> None:
 
 # ----------------------------------------------------------------------------- measuring
 
-def measure(comparisons: list[Comparison], models: dict[str, nn.Module], device: torch.device,
-            batch_size: int, resolution: int, training: bool, repeats: int, warmup: int,
-            min_seconds: float, clock, log) -> dict[Cell, list[float]]:
+
+def measure(
+    comparisons: list[Comparison],
+    models: dict[str, nn.Module],
+    device: torch.device,
+    batch_size: int,
+    resolution: int,
+    training: bool,
+    repeats: int,
+    warmup: int,
+    min_seconds: float,
+    clock,
+    log,
+) -> dict[Cell, list[float]]:
     """Images/s of every cell, once per repeat, cells interleaved; returns cell -> samples.
 
     Each measurement runs enough steps to last `min_seconds` (one step of B0 training on a CPU
@@ -228,23 +267,26 @@ def measure(comparisons: list[Comparison], models: dict[str, nn.Module], device:
     cells = list(dict.fromkeys(cell for c in comparisons for cell in (c.ours, c.theirs)))
     runners, steps = {}, {}
     for cell in cells:
-        runner = Runner(models[cell.model], cell.setting, device, batch_size, resolution,
-                        training)
+        runner = Runner(models[cell.model], cell.setting, device, batch_size, resolution, training)
         start = time.perf_counter()
         for _ in range(warmup):  # allocator, oneDNN/cuDNN kernel choice, torch.compile
             runner.step()
         one = runner.seconds_per_step(1, clock)
         steps[cell] = max(1, math.ceil(min_seconds / one))
         runners[cell] = runner
-        log(f"  warm-up {cell.model:11s} {cell.setting.label:40s} {batch_size / one:8.1f} img/s "
-            f"({time.perf_counter() - start:.1f} s; {steps[cell]} step(s) per measurement)")
+        log(
+            f"  warm-up {cell.model:11s} {cell.setting.label:40s} {batch_size / one:8.1f} img/s "
+            f"({time.perf_counter() - start:.1f} s; {steps[cell]} step(s) per measurement)"
+        )
     samples: dict[Cell, list[float]] = {cell: [] for cell in cells}
     for r in range(repeats):
         order = cells if r % 2 == 0 else cells[::-1]
         for cell in order:
             samples[cell].append(batch_size / runners[cell].seconds_per_step(steps[cell], clock))
-        log(f"  repeat {r + 1}/{repeats}: " + ", ".join(
-            f"{c.model[:2]}/{c.setting.label} {samples[c][-1]:.1f}" for c in cells))
+        log(
+            f"  repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{c.model[:2]}/{c.setting.label} {samples[c][-1]:.1f}" for c in cells)
+        )
     return samples
 
 
@@ -264,13 +306,19 @@ def verdict(ratios: list[float], target: float | None) -> str:
 
 
 def table(comparisons: list[Comparison], samples: dict[Cell, list[float]], title: str) -> str:
-    lines = [f"### {title}", "",
-             "| configuration | effnet_edu | torchvision | ratio ours/torchvision | target |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| configuration | effnet_edu | torchvision | ratio ours/torchvision | target |",
+        "|---|---|---|---|---|",
+    ]
     for c in comparisons:
         ratios = [a / b for a, b in zip(samples[c.ours], samples[c.theirs], strict=True)]
-        cells = [median_range(samples[c.ours]), median_range(samples[c.theirs]),
-                 median_range(ratios)]
+        cells = [
+            median_range(samples[c.ours]),
+            median_range(samples[c.theirs]),
+            median_range(ratios),
+        ]
         shown = [f"{m:.1f} ({lo:.1f}–{hi:.1f})" for m, lo, hi in cells[:2]]
         m, lo, hi = cells[2]
         shown.append(f"**{m:.2f}×** ({lo:.2f}–{hi:.2f})")
@@ -279,6 +327,7 @@ def table(comparisons: list[Comparison], samples: dict[Cell, list[float]], title
 
 
 # ----------------------------------------------------------------------------- machine
+
 
 def cpu_model() -> str:
     """The CPU's model name, from lscpu (Linux) or the platform module."""
@@ -294,12 +343,16 @@ def cpu_model() -> str:
 
 def machine_description(device: torch.device) -> str:
     bf16 = "native bf16" if cpu_supports_bf16() else "no native bf16"
-    parts = [f"CPU {cpu_model()}, {os.cpu_count()} cores ({bf16}; torch threads: "
-             f"{torch.get_num_threads()})"]
+    parts = [
+        f"CPU {cpu_model()}, {os.cpu_count()} cores ({bf16}; torch threads: "
+        f"{torch.get_num_threads()})"
+    ]
     if device.type == "cuda":
         parts.append(f"GPU {torch.cuda.get_device_name(device)}")
-    parts.append(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-                 f"Python {platform.python_version()}")
+    parts.append(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"Python {platform.python_version()}"
+    )
     return "; ".join(parts)
 
 
@@ -312,32 +365,63 @@ def load_average() -> str:
 
 # ----------------------------------------------------------------------------- command line
 
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
-    parser.add_argument("--resolution", type=int, default=None,
-                        help="input size in pixels (default 224; 96 with --quick)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="training batch (default 32 on CPU, 128 on GPU; 8 with --quick)")
-    parser.add_argument("--inference-batch-size", type=int, default=None,
-                        help="inference batch (default: the training batch size)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed measurements per configuration (default 7 on CPU, 10 on "
-                             "GPU; 3 with --quick)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed steps per configuration before the one that sets "
-                             "the measurement length (default 1 on CPU, 5 on GPU)")
-    parser.add_argument("--min-seconds", type=float, default=None,
-                        help="each measurement lasts at least this long (default 1.0; 0.3 with "
-                             "--quick)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
-                        help="wall: elapsed time (default); cpu: this process's CPU time, "
-                             "robust on a busy shared machine (use with --threads 1; CPU only)")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="input size in pixels (default 224; 96 with --quick)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="training batch (default 32 on CPU, 128 on GPU; 8 with --quick)",
+    )
+    parser.add_argument(
+        "--inference-batch-size",
+        type=int,
+        default=None,
+        help="inference batch (default: the training batch size)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed measurements per configuration (default 7 on CPU, 10 on GPU; 3 with --quick)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed steps per configuration before the one that sets "
+        "the measurement length (default 1 on CPU, 5 on GPU)",
+    )
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=None,
+        help="each measurement lasts at least this long (default 1.0; 0.3 with --quick)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=list(CLOCKS),
+        default="wall",
+        help="wall: elapsed time (default); cpu: this process's CPU time, "
+        "robust on a busy shared machine (use with --threads 1; CPU only)",
+    )
     parser.add_argument("--skip-inference", action="store_true", help="time training only")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 96 px, batch 8, 3 repeats (numbers are not the results)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 96 px, batch 8, 3 repeats (numbers are not the results)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here (.md)")
     args = parser.parse_args(argv)
     args.device = select_device(args.device)
@@ -368,8 +452,9 @@ def main(argv: list[str] | None = None) -> str:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = args.device
-    command = "python " + " ".join(shlex.quote(a) for a in
-                                   ["benchmarks/bench_throughput.py", *sys.argv[1:]])
+    command = "python " + " ".join(
+        shlex.quote(a) for a in ["benchmarks/bench_throughput.py", *sys.argv[1:]]
+    )
     started, load_before = time.perf_counter(), load_average()
     models = build_models(device)
 
@@ -380,14 +465,23 @@ def main(argv: list[str] | None = None) -> str:
     sections = []
     phases = [("Training (forward + backward + SGD step)", True, args.batch_size)]
     if not args.skip_inference:
-        phases.append(("Inference (forward, no_grad, eval mode)", False,
-                       args.inference_batch_size))
+        phases.append(("Inference (forward, no_grad, eval mode)", False, args.inference_batch_size))
     for title, training, batch_size in phases:
         log(f"{title}: batch {batch_size}, {args.resolution} px")
         comparisons = plan(device, training)
-        samples = measure(comparisons, models, device, batch_size, args.resolution, training,
-                          args.repeats, args.warmup, args.min_seconds,
-                          CLOCKS[args.clock], log)
+        samples = measure(
+            comparisons,
+            models,
+            device,
+            batch_size,
+            args.resolution,
+            training,
+            args.repeats,
+            args.warmup,
+            args.min_seconds,
+            CLOCKS[args.clock],
+            log,
+        )
         sections.append(table(comparisons, samples, f"{title}, batch {batch_size}, {unit}"))
     minutes = (time.perf_counter() - started) / 60
     header = [

@@ -40,6 +40,7 @@ from .model import EfficientNet
 
 # ----------------------------------------------------------------------------- layers and targets
 
+
 def layer_names(model: EfficientNet) -> list[str]:
     """Layers a CAM can hook: "stem", "stage1" ... "stageN" (the MBConv stages), "head".
 
@@ -57,8 +58,10 @@ def resolve_layer(model: EfficientNet, layer: str | int | nn.Module = "head") ->
     name = f"stage{layer}" if isinstance(layer, int) and not isinstance(layer, bool) else layer
     names = layer_names(model)
     if name not in names:
-        raise ValueError(f"unknown layer {layer!r} for this {len(model.stages)}-stage model; "
-                         f"valid: {', '.join(names)} (or a stage number 1-{len(model.stages)})")
+        raise ValueError(
+            f"unknown layer {layer!r} for this {len(model.stages)}-stage model; "
+            f"valid: {', '.join(names)} (or a stage number 1-{len(model.stages)})"
+        )
     if name in ("stem", "head"):
         return getattr(model, name)
     return model.stages[int(name.removeprefix("stage")) - 1]
@@ -86,19 +89,24 @@ def _targets(model: EfficientNet, images: torch.Tensor, targets) -> list[int]:
             return model(images).argmax(dim=1).tolist()
     targets = torch.as_tensor(targets).reshape(-1).tolist()
     if len(targets) != len(images):
-        raise ValueError(f"give one target class per image: {len(images)} images but "
-                         f"{len(targets)} targets")
+        raise ValueError(
+            f"give one target class per image: {len(images)} images but {len(targets)} targets"
+        )
     for t in targets:
         if not (isinstance(t, int) and 0 <= t < num_classes):
-            raise ValueError(f"target class {t!r} is not in this model's head: valid classes are "
-                             f"0-{num_classes - 1} (num_classes={num_classes})")
+            raise ValueError(
+                f"target class {t!r} is not in this model's head: valid classes are "
+                f"0-{num_classes - 1} (num_classes={num_classes})"
+            )
     return targets
 
 
 # ----------------------------------------------------------------------------- CAMs
 
-def gradcam(model: EfficientNet, images: torch.Tensor, targets=None,
-            layer: str | int | nn.Module = "head") -> np.ndarray:
+
+def gradcam(
+    model: EfficientNet, images: torch.Tensor, targets=None, layer: str | int | nn.Module = "head"
+) -> np.ndarray:
     """Grad-CAM of a batch, one target class per image: float32 (B, H, W) in [0, 1].
 
     images: (B, 3, H, W), preprocessed as the model expects; moved to the model's device.
@@ -122,8 +130,10 @@ def gradcam(model: EfficientNet, images: torch.Tensor, targets=None,
         cam = GradCAM(model=model, target_layers=[target_layer])
         try:
             with torch.enable_grad():
-                return cam(input_tensor=images.clone().requires_grad_(True),
-                           targets=[ClassifierOutputTarget(c) for c in classes])
+                return cam(
+                    input_tensor=images.clone().requires_grad_(True),
+                    targets=[ClassifierOutputTarget(c) for c in classes],
+                )
         finally:
             cam.activations_and_grads.release()  # remove the hooks from the model
 
@@ -156,14 +166,17 @@ def overlay(image, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray:
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image must be (H, W, 3) or a (3, H, W) tensor, got {image.shape}")
     if image.min() < 0 or image.max() > 1:
-        raise ValueError(f"image values must be in [0, 1], got [{image.min():.2f}, "
-                         f"{image.max():.2f}]: undo the model's normalisation first")
+        raise ValueError(
+            f"image values must be in [0, 1], got [{image.min():.2f}, "
+            f"{image.max():.2f}]: undo the model's normalisation first"
+        )
     if cam.shape != image.shape[:2]:
         cam = resize_cams(cam[None], image.shape[:2])[0]
     return show_cam_on_image(image, cam, use_rgb=True, image_weight=image_weight)
 
 
 # ----------------------------------------------------------------------------- scores vs. a mask
+
 
 def _check(cams, masks) -> tuple[np.ndarray, np.ndarray]:
     cams = np.asarray(cams, dtype=np.float64)
@@ -172,11 +185,15 @@ def _check(cams, masks) -> tuple[np.ndarray, np.ndarray]:
         masks = masks[:, 0]  # (B, 1, H, W) as SyntheticObjects stores them -> (B, H, W)
     masks = masks > 0.5 if masks.dtype != bool else masks
     if cams.ndim != 3 or cams.shape != masks.shape:
-        raise ValueError(f"CAMs {cams.shape} and masks {masks.shape} must both be (B, H, W) of "
-                         f"the same size: resize both with resize_cams(..., size) first")
+        raise ValueError(
+            f"CAMs {cams.shape} and masks {masks.shape} must both be (B, H, W) of "
+            f"the same size: resize both with resize_cams(..., size) first"
+        )
     if not masks.any(axis=(1, 2)).all():
-        raise ValueError(f"masks {np.flatnonzero(~masks.any(axis=(1, 2))).tolist()} are empty: "
-                         f"every image needs at least one object pixel")
+        raise ValueError(
+            f"masks {np.flatnonzero(~masks.any(axis=(1, 2))).tolist()} are empty: "
+            f"every image needs at least one object pixel"
+        )
     return cams, masks
 
 
@@ -218,8 +235,11 @@ def cam_iou(cams, masks, threshold: float = 0.5) -> np.ndarray:
 
 def attention_scores(cams, masks, threshold: float = 0.5) -> dict[str, np.ndarray]:
     """All three scores per image: {"energy_share", "pointing_game", "iou"} -> (B,) arrays."""
-    return {"energy_share": energy_share(cams, masks), "pointing_game": pointing_game(cams, masks),
-            "iou": cam_iou(cams, masks, threshold)}
+    return {
+        "energy_share": energy_share(cams, masks),
+        "pointing_game": pointing_game(cams, masks),
+        "iou": cam_iou(cams, masks, threshold),
+    }
 
 
 @dataclass(frozen=True)
@@ -236,16 +256,25 @@ class ScoreSummary:
 
 def summarize_scores(scores: dict[str, np.ndarray]) -> dict[str, ScoreSummary]:
     """{score name: ScoreSummary} for a table row, e.g. of `attention_scores(...)`."""
+
     def summary(v: np.ndarray) -> ScoreSummary:
         v = np.asarray(v, dtype=np.float64)
         return ScoreSummary(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v))
+
     return {name: summary(values) for name, values in scores.items()}
 
 
 # ----------------------------------------------------------------------------- faithfulness
 
-def faithfulness(model: EfficientNet, images: torch.Tensor, cams: np.ndarray, targets=None,
-                 metric: str = "confidence_change", seed: int = 0) -> np.ndarray:
+
+def faithfulness(
+    model: EfficientNet,
+    images: torch.Tensor,
+    cams: np.ndarray,
+    targets=None,
+    metric: str = "confidence_change",
+    seed: int = 0,
+) -> np.ndarray:
     """pytorch-grad-cam's perturbation metrics on the target's softmax probability, (B,).
 
     "confidence_change": p(image * CAM) - p(image); near 0 or above means the CAM kept what the
@@ -262,8 +291,10 @@ def faithfulness(model: EfficientNet, images: torch.Tensor, cams: np.ndarray, ta
     if metric not in metrics:
         raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(metrics)}")
     if tuple(np.shape(cams)) != (len(images), *images.shape[2:]):
-        raise ValueError(f"CAMs {np.shape(cams)} must match the images {tuple(images.shape)}: "
-                         f"one (H, W) map per image, at the images' own size")
+        raise ValueError(
+            f"CAMs {np.shape(cams)} must match the images {tuple(images.shape)}: "
+            f"one (H, W) map per image, at the images' own size"
+        )
     with _evaluating(model):
         images = images.detach().to(next(model.parameters()).device)
         classes = _targets(model, images, targets)
@@ -271,6 +302,10 @@ def faithfulness(model: EfficientNet, images: torch.Tensor, cams: np.ndarray, ta
             torch.manual_seed(seed)  # ROAD's imputer adds torch.randn noise
             # ROAD hands torch tensors to NumPy functions, which NumPy 2 flags as deprecated.
             warnings.filterwarnings("ignore", "__array_wrap__", DeprecationWarning)
-            scores = metrics[metric]()(images, np.asarray(cams, dtype=np.float32),
-                                       [ClassifierOutputSoftmaxTarget(c) for c in classes], model)
+            scores = metrics[metric]()(
+                images,
+                np.asarray(cams, dtype=np.float32),
+                [ClassifierOutputSoftmaxTarget(c) for c in classes],
+                model,
+            )
     return np.asarray(scores, dtype=np.float64).reshape(len(images))

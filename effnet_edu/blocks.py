@@ -73,8 +73,11 @@ class Conv2dSame(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = []
         for size, k, s, d in zip(
-            reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride),
-            reversed(self.dilation), strict=True,
+            reversed(x.shape[-2:]),
+            reversed(self.kernel_size),
+            reversed(self.stride),
+            reversed(self.dilation),
+            strict=True,
         ):  # F.pad wants (left, right, top, bottom): width first
             total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
             pads += [total // 2, total - total // 2]
@@ -85,25 +88,44 @@ class ConvBNActivation(nn.Module):
     """Convolution -> BatchNorm -> activation (or none: the linear bottleneck)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1,
-        groups: int = 1, activation: str | None = "silu", bn_eps: float = 1e-5,
-        bn_momentum: float = 0.1, padding: str = "symmetric",
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        activation: str | None = "silu",
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+        padding: str = "symmetric",
     ):
         super().__init__()
         if padding == "same":
-            self.conv = Conv2dSame(in_channels, out_channels, kernel_size, stride,
-                                   groups=groups, bias=False)
+            self.conv = Conv2dSame(
+                in_channels, out_channels, kernel_size, stride, groups=groups, bias=False
+            )
         elif padding == "symmetric":
-            self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
-                                  padding=(kernel_size - 1) // 2, groups=groups, bias=False)
+            self.conv = nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding=(kernel_size - 1) // 2,
+                groups=groups,
+                bias=False,
+            )
         else:
             raise ValueError(f"padding must be 'symmetric' or 'same', got {padding!r}")
         self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
         self.act = make_activation(activation) if activation is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.conv.groups > 1 and torch.is_grad_enabled() and x.device.type == "cpu"
-                and torch.is_autocast_enabled("cpu")):
+        if (
+            self.conv.groups > 1
+            and torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu")
+        ):
             # Training under CPU bf16 autocast: keep depthwise convolutions in fp32. oneDNN runs
             # bf16 1x1 convolutions twice as fast (AMX) but the *backward* of a bf16 depthwise
             # one slower than fp32; mixed this way B0 trains 1.3x faster than in fp32
@@ -157,9 +179,17 @@ class MBConv(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, expand_ratio: int, kernel_size: int,
-        stride: int, se_ratio: float = 0.25, stochastic_depth: float = 0.0,
-        activation: str = "silu", bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+        self,
+        in_channels: int,
+        out_channels: int,
+        expand_ratio: int,
+        kernel_size: int,
+        stride: int,
+        se_ratio: float = 0.25,
+        stochastic_depth: float = 0.0,
+        activation: str = "silu",
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
         padding: str = "symmetric",
     ):
         super().__init__()
@@ -173,13 +203,16 @@ class MBConv(nn.Module):
         # the depthwise conv cannot learn.
         self.expand = (
             ConvBNActivation(in_channels, expanded, 1, activation=activation, **norm)
-            if expand_ratio != 1 else None
+            if expand_ratio != 1
+            else None
         )
-        self.depthwise = ConvBNActivation(expanded, expanded, kernel_size, stride,
-                                          groups=expanded, activation=activation, **norm)
+        self.depthwise = ConvBNActivation(
+            expanded, expanded, kernel_size, stride, groups=expanded, activation=activation, **norm
+        )
         self.se = (
             SqueezeExcitation(expanded, max(1, int(in_channels * se_ratio)), activation)
-            if se_ratio else None
+            if se_ratio
+            else None
         )
         # Linear bottleneck: no activation after the projection, since ReLU-like functions on a
         # narrow (low-dimensional) representation destroy information (MobileNetV2, Section 3.2).

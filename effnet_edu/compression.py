@@ -51,8 +51,9 @@ def _grouped(rows: torch.Tensor, group: int) -> torch.Tensor:
     return F.pad(rows, (0, pad)).reshape(-1, group)
 
 
-def _quantize(rows: torch.Tensor, bits: int,
-              half_scales: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize(
+    rows: torch.Tensor, bits: int, half_scales: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric quantization of each row: (codes int8 of rows' shape, one scale per row)."""
     qmax = 2 ** (bits - 1) - 1
     largest = rows.abs().amax(dim=1)
@@ -100,17 +101,24 @@ def compress_state_dict(state_dict: dict, large: int = LARGE) -> dict:
             entries.append([key, f"int{bits}", list(value.shape)])
             if bits == 4:
                 codes, scale = _quantize(_grouped(rows, GROUP), 4, half_scales=True)
-                codes = codes.reshape(rows.shape[0], -1)[:, :rows.shape[1]]  # drop the padding
+                codes = codes.reshape(rows.shape[0], -1)[:, : rows.shape[1]]  # drop the padding
                 buffers["int4"].append(_pack4(codes))
                 buffers["group_scales"].append(scale.half())
             else:
                 codes, scale = _quantize(rows, 8, half_scales=False)
                 buffers["int8"].append(codes.flatten())
                 buffers["scales"].append(scale)
-    dtypes = {"int4": torch.uint8, "int8": torch.int8, "group_scales": torch.float16,
-              "scales": torch.float32, "halves": torch.float16}
-    joined = {name: torch.cat(parts) if parts else torch.empty(0, dtype=dtypes[name])
-              for name, parts in buffers.items()}
+    dtypes = {
+        "int4": torch.uint8,
+        "int8": torch.int8,
+        "group_scales": torch.float16,
+        "scales": torch.float32,
+        "halves": torch.float16,
+    }
+    joined = {
+        name: torch.cat(parts) if parts else torch.empty(0, dtype=dtypes[name])
+        for name, parts in buffers.items()
+    }
     return {"format": FORMAT, "group": GROUP, "entries": entries, **joined, "others": others}
 
 
@@ -118,10 +126,14 @@ def decompress_state_dict(compressed: dict) -> dict:
     """float32 weights (and the untouched integer buffers) from `compress_state_dict`'s dict."""
     if not isinstance(compressed, dict) or compressed.get("format") != FORMAT:
         found = compressed.get("format") if isinstance(compressed, dict) else type(compressed)
-        hint = (" (pass checkpoint['model_compressed'], not the whole checkpoint)"
-                if isinstance(compressed, dict) and "model_compressed" in compressed else "")
-        raise ValueError(f"not a compressed state_dict of format {FORMAT!r} "
-                         f"(found {found!r}){hint}")
+        hint = (
+            " (pass checkpoint['model_compressed'], not the whole checkpoint)"
+            if isinstance(compressed, dict) and "model_compressed" in compressed
+            else ""
+        )
+        raise ValueError(
+            f"not a compressed state_dict of format {FORMAT!r} (found {found!r}){hint}"
+        )
     group = compressed["group"]
     offsets = {"int4": 0, "int8": 0, "group_scales": 0, "scales": 0, "halves": 0}
 
@@ -129,9 +141,11 @@ def decompress_state_dict(compressed: dict) -> dict:
         start = offsets[buffer]
         offsets[buffer] += count
         if offsets[buffer] > compressed[buffer].numel():
-            raise ValueError(f"compressed state_dict is truncated: its {buffer!r} buffer holds "
-                             f"{compressed[buffer].numel()} values, the entries need more")
-        return compressed[buffer][start:start + count]
+            raise ValueError(
+                f"compressed state_dict is truncated: its {buffer!r} buffer holds "
+                f"{compressed[buffer].numel()} values, the entries need more"
+            )
+        return compressed[buffer][start : start + count]
 
     state_dict = {}
     for key, kind, shape in compressed["entries"]:
@@ -151,10 +165,14 @@ def decompress_state_dict(compressed: dict) -> dict:
             rows = take("int8", numel).float().reshape(shape[0], -1)
             state_dict[key] = (rows * take("scales", shape[0])[:, None]).reshape(shape)
         else:
-            raise ValueError(f"entry {key!r} has unknown kind {kind!r}; valid: 'int4', 'int8', "
-                             f"'half', 'other'")
-    leftover = {name: compressed[name].numel() - used for name, used in offsets.items()
-                if compressed[name].numel() != used}
+            raise ValueError(
+                f"entry {key!r} has unknown kind {kind!r}; valid: 'int4', 'int8', 'half', 'other'"
+            )
+    leftover = {
+        name: compressed[name].numel() - used
+        for name, used in offsets.items()
+        if compressed[name].numel() != used
+    }
     if leftover:
         raise ValueError(f"compressed state_dict has values no entry uses: {leftover}")
     return state_dict

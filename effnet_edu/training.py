@@ -35,8 +35,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 # ----------------------------------------------------------------------------- devices
 
+
 def select_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" picks cuda, then mps, then cpu; an explicit choice must be available."""
+    """ "auto" picks cuda, then mps, then cpu; an explicit choice must be available."""
     if isinstance(device, torch.device):
         device = str(device)
     if device == "auto":
@@ -49,10 +50,13 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     if kind not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was requested but CUDA is not available here; "
-                         f"use device='auto' or 'cpu'")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None)
-                              and torch.backends.mps.is_available()):
+        raise ValueError(
+            f"device {device!r} was requested but CUDA is not available here; "
+            f"use device='auto' or 'cpu'"
+        )
+    if kind == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
         raise ValueError("device 'mps' was requested but Apple's MPS is not available here")
     return torch.device(device)
 
@@ -97,6 +101,7 @@ def autocast_dtype(device: torch.device, amp: str | bool = "auto") -> torch.dtyp
 
 
 # ----------------------------------------------------------------------------- configuration
+
 
 @dataclass
 class TrainConfig:
@@ -173,6 +178,7 @@ class History:
 
 # ----------------------------------------------------------------------------- distributed
 
+
 def distributed_info() -> tuple[int, int]:
     """(rank, world_size): (0, 1) unless running under an initialised process group."""
     if dist.is_available() and dist.is_initialized():
@@ -205,8 +211,16 @@ class EpochSampler(Sampler[int]):
     share, which is how a run resumed mid-epoch continues with exactly the batches it missed.
     """
 
-    def __init__(self, size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                 skip: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        skip: int = 0,
+        shuffle: bool = True,
+    ):
         self.size, self.seed, self.epoch = size, seed, epoch
         self.rank, self.world_size, self.skip, self.shuffle = rank, world_size, skip, shuffle
 
@@ -229,6 +243,7 @@ class EpochSampler(Sampler[int]):
 
 # ----------------------------------------------------------------------------- pieces
 
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD (Nesterov), AdamW, RMSProp, or RMSProp with the paper's TensorFlow settings.
 
@@ -239,8 +254,10 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     if config.optimizer == "adamw":
@@ -281,14 +298,19 @@ def model_signature(model: nn.Module) -> dict:
     config = getattr(model, "config", None)
     if config is not None:
         return {"class": type(model).__name__, **asdict(config)}
-    return {"class": type(model).__name__,
-            "shapes": {k: tuple(v.shape) for k, v in model.state_dict().items()}}
+    return {
+        "class": type(model).__name__,
+        "shapes": {k: tuple(v.shape) for k, v in model.state_dict().items()},
+    }
 
 
 def _signature_differences(saved: dict, current: dict) -> list[str]:
     keys = sorted(set(saved) | set(current))
-    return [f"{k}: checkpoint {saved.get(k)!r:.60} vs model {current.get(k)!r:.60}"
-            for k in keys if saved.get(k) != current.get(k)]
+    return [
+        f"{k}: checkpoint {saved.get(k)!r:.60} vs model {current.get(k)!r:.60}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -299,8 +321,9 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
-                    map_location="cpu") -> tuple[nn.Module, dict]:
+def load_checkpoint(
+    path: str | os.PathLike, model: nn.Module | None = None, map_location="cpu"
+) -> tuple[nn.Module, dict]:
     """Load a checkpoint written by `fit` (``weights_only=True``: tensors and plain data only),
     or a compressed one written by `effnet-edu scale-study --save-models`.
 
@@ -324,8 +347,9 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
     else:
         differences = _signature_differences(signature, model_signature(model))
         if differences:
-            raise ValueError(f"{path} was written for a different architecture: "
-                             + "; ".join(differences[:6]))
+            raise ValueError(
+                f"{path} was written for a different architecture: " + "; ".join(differences[:6])
+            )
     if "model_compressed" in checkpoint:  # 4/8-bit weights, e.g. the scale study's models
         from .compression import decompress_state_dict
 
@@ -338,6 +362,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
 
 # ----------------------------------------------------------------------------- evaluation
 
+
 def _prepare(batch, device: torch.device, channels_last: bool):
     images, labels = batch[0], batch[1]
     images = images.to(device, non_blocking=True)
@@ -346,8 +371,14 @@ def _prepare(batch, device: torch.device, channels_last: bool):
     return images, labels.to(device, non_blocking=True)
 
 
-def evaluate(model: nn.Module, data: Dataset | DataLoader, device: str | torch.device = "auto",
-             batch_size: int = 256, amp: str = "auto", channels_last: bool = True) -> dict:
+def evaluate(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    device: str | torch.device = "auto",
+    batch_size: int = 256,
+    amp: str = "auto",
+    channels_last: bool = True,
+) -> dict:
     """Mean loss and top-1 accuracy of `model` on `data` (all ranks together under DDP)."""
     device = select_device(device)
     dtype = autocast_dtype(device, amp)
@@ -355,9 +386,12 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, device: str | torch.d
     if isinstance(data, DataLoader):
         loader = data
     else:
-        loader = DataLoader(data, batch_size=batch_size, sampler=EpochSampler(
-            len(data), 0, 0, rank, world, shuffle=False),
-            generator=torch.Generator().manual_seed(0))  # leave the global RNG alone
+        loader = DataLoader(
+            data,
+            batch_size=batch_size,
+            sampler=EpochSampler(len(data), 0, 0, rank, world, shuffle=False),
+            generator=torch.Generator().manual_seed(0),
+        )  # leave the global RNG alone
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
@@ -378,9 +412,16 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, device: str | torch.d
 
 # ----------------------------------------------------------------------------- fit
 
-def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
-        config: TrainConfig | None = None, on_step: Callable[[int], None] | None = None,
-        on_epoch: Callable[[History], None] | None = None, **overrides) -> History:
+
+def fit(
+    model: nn.Module,
+    train_data: Dataset,
+    val_data: Dataset | None = None,
+    config: TrainConfig | None = None,
+    on_step: Callable[[int], None] | None = None,
+    on_epoch: Callable[[History], None] | None = None,
+    **overrides,
+) -> History:
     """Train `model` on `train_data`; returns the per-epoch `History`.
 
     Pass a `TrainConfig`, or its fields as keyword arguments (``fit(model, data, epochs=3)``).
@@ -406,18 +447,23 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
     ema = None
     if config.ema_decay is not None:
         ema = torch.optim.swa_utils.AveragedModel(
-            base_model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
-            use_buffers=True)
+            base_model,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
+            use_buffers=True,
+        )
 
     per_rank = math.ceil(len(train_data) / world)
     steps_per_epoch = max(1, per_rank // config.batch_size)  # drop_last: full batches only
     if per_rank < config.batch_size:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the {per_rank} training "
-                         f"samples per process; use a smaller batch_size")
+        raise ValueError(
+            f"batch_size {config.batch_size} is larger than the {per_rank} training "
+            f"samples per process; use a smaller batch_size"
+        )
     if config.steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, steps_per_epoch, config))
+        optimizer, lambda step: lr_multiplier(step, steps_per_epoch, config)
+    )
 
     # ---- checkpoints: resume, or refuse to overwrite somebody's earlier run
     path = Path(config.out_dir) / CHECKPOINT_NAME if config.out_dir else None
@@ -426,11 +472,14 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
     if path is not None and path.exists():
         if config.resume:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            differences = _signature_differences(checkpoint["model_signature"],
-                                                 model_signature(base_model))
+            differences = _signature_differences(
+                checkpoint["model_signature"], model_signature(base_model)
+            )
             if differences:
-                raise ValueError(f"cannot resume from {path}: it was written for a different "
-                                 f"architecture ({'; '.join(differences[:6])})")
+                raise ValueError(
+                    f"cannot resume from {path}: it was written for a different "
+                    f"architecture ({'; '.join(differences[:6])})"
+                )
             base_model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
@@ -449,35 +498,48 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
             raise FileExistsError(
                 f"{path} already exists (an earlier run). Pass resume=True (--resume) to "
                 f"continue it, overwrite=True (--overwrite) to replace it, or choose another "
-                f"out_dir.")
+                f"out_dir."
+            )
     elif config.resume:
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {path}")
 
     train_model = base_model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(
-            base_model, device_ids=[device.index] if device.type == "cuda" else None)
+            base_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if config.compile:
         train_model = torch.compile(train_model)
 
     def rng_state() -> tuple[torch.Tensor, torch.Tensor | None]:
         return torch.get_rng_state(), (
-            torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+            torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        )
 
     def save(epoch: int, step: int, totals: torch.Tensor, rng: tuple) -> None:
         if path is None or not is_main:
             return
         rng_cpu, rng_cuda = rng
-        _atomic_save({
-            "model": base_model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "ema": ema.module.state_dict() if ema is not None else None,
-            "ema_state": ema.state_dict() if ema is not None else None,
-            "rng_cpu": rng_cpu, "rng_cuda": rng_cuda, "epoch": epoch, "step": step,
-            "epoch_totals": totals.cpu(),
-            "history": history.epochs, "model_signature": model_signature(base_model),
-            "train_config": asdict(config), "format": 1,
-        }, path)
+        _atomic_save(
+            {
+                "model": base_model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "ema": ema.module.state_dict() if ema is not None else None,
+                "ema_state": ema.state_dict() if ema is not None else None,
+                "rng_cpu": rng_cpu,
+                "rng_cuda": rng_cuda,
+                "epoch": epoch,
+                "step": step,
+                "epoch_totals": totals.cpu(),
+                "history": history.epochs,
+                "model_signature": model_signature(base_model),
+                "train_config": asdict(config),
+                "format": 1,
+            },
+            path,
+        )
 
     from tqdm.auto import tqdm
 
@@ -490,21 +552,32 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
     try:
         for epoch in range(start_epoch, config.epochs):
             skip = start_step if epoch == start_epoch else 0
-            sampler = EpochSampler(len(train_data), config.seed, epoch, rank, world,
-                                   skip=skip * config.batch_size)
+            sampler = EpochSampler(
+                len(train_data), config.seed, epoch, rank, world, skip=skip * config.batch_size
+            )
             # Own generator: creating the iterator must not draw from the global RNG, or a
             # resumed run's dropout masks would drift from the uninterrupted run's.
-            loader = DataLoader(train_data, batch_size=config.batch_size, sampler=sampler,
-                                num_workers=config.num_workers, drop_last=True,
-                                pin_memory=device.type == "cuda",
-                                generator=torch.Generator().manual_seed(config.seed + epoch))
+            loader = DataLoader(
+                train_data,
+                batch_size=config.batch_size,
+                sampler=sampler,
+                num_workers=config.num_workers,
+                drop_last=True,
+                pin_memory=device.type == "cuda",
+                generator=torch.Generator().manual_seed(config.seed + epoch),
+            )
             train_model.train()
             if epoch != start_epoch:
                 totals = torch.zeros(3, device=device, dtype=torch.float64)
             counted_before = totals[2].item()  # samples of this epoch seen before a resume
             start = time.perf_counter()
-            bar = tqdm(total=steps_per_epoch, initial=skip, disable=not (config.progress
-                       and is_main), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
+            bar = tqdm(
+                total=steps_per_epoch,
+                initial=skip,
+                disable=not (config.progress and is_main),
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                leave=False,
+            )
             step = skip
             for batch in loader:
                 if step >= steps_per_epoch:
@@ -514,8 +587,10 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
                     logits = train_model(images)
                     loss = criterion(logits.float(), labels)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step "
-                                             f"{step}; lower the learning rate ({config.lr})")
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at epoch {epoch + 1}, step "
+                        f"{step}; lower the learning rate ({config.lr})"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 in_update = True  # an interrupt now could leave weights half-updated
@@ -526,17 +601,23 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
                     ema.update_parameters(base_model)
                 in_update = False
                 step += 1
-                totals += torch.stack([loss.detach().double() * labels.numel(),
-                                       (logits.argmax(1) == labels).sum().double(),
-                                       torch.tensor(labels.numel(), device=device,
-                                                    dtype=torch.float64)])
+                totals += torch.stack(
+                    [
+                        loss.detach().double() * labels.numel(),
+                        (logits.argmax(1) == labels).sum().double(),
+                        torch.tensor(labels.numel(), device=device, dtype=torch.float64),
+                    ]
+                )
                 position, last_rng, last_totals = (epoch, step), rng_state(), totals.clone()
                 bar.update(1)
                 if step % 10 == 0 or step == steps_per_epoch:
                     loss_sum, correct, count = totals.tolist()
                     rate = (count - counted_before) * world / (time.perf_counter() - start)
-                    bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{correct / count:.3f}",
-                                    img_s=f"{rate:.0f}")
+                    bar.set_postfix(
+                        loss=f"{loss_sum / count:.3f}",
+                        acc=f"{correct / count:.3f}",
+                        img_s=f"{rate:.0f}",
+                    )
                 if on_step is not None:
                     on_step(epoch * steps_per_epoch + step)
             bar.close()
@@ -546,14 +627,24 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
                 dist.all_reduce(totals)
             seconds = time.perf_counter() - start
             loss_sum, correct, count = totals.tolist()
-            record = {"epoch": epoch + 1, "loss": loss_sum / count, "accuracy": correct / count,
-                      "lr": optimizer.param_groups[0]["lr"],
-                      "images_per_s": (count - counted_before * world) / seconds,
-                      "seconds": seconds}
+            record = {
+                "epoch": epoch + 1,
+                "loss": loss_sum / count,
+                "accuracy": correct / count,
+                "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": (count - counted_before * world) / seconds,
+                "seconds": seconds,
+            }
             if val_data is not None:
                 scored = ema.module if ema is not None else base_model
-                result = evaluate(scored, val_data, device, batch_size=config.batch_size * 2,
-                                  amp=config.amp, channels_last=config.channels_last)
+                result = evaluate(
+                    scored,
+                    val_data,
+                    device,
+                    batch_size=config.batch_size * 2,
+                    amp=config.amp,
+                    channels_last=config.channels_last,
+                )
                 record.update(val_loss=result["loss"], val_accuracy=result["accuracy"])
             history.epochs.append(record)
             position, last_rng = (epoch + 1, 0), rng_state()
@@ -567,11 +658,15 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset | None = None,
     except BaseException as error:
         if path is not None and is_main:
             if in_update:
-                print(f"Stopped ({type(error).__name__}) during a weight update: kept the "
-                      f"last epoch's checkpoint in {path}")
+                print(
+                    f"Stopped ({type(error).__name__}) during a weight update: kept the "
+                    f"last epoch's checkpoint in {path}"
+                )
             else:
                 save(*position, last_totals, last_rng)
-                print(f"Stopped ({type(error).__name__}) at epoch {position[0] + 1}, step "
-                      f"{position[1]}: saved {path}; continue with resume=True")
+                print(
+                    f"Stopped ({type(error).__name__}) at epoch {position[0] + 1}, step "
+                    f"{position[1]}: saved {path}; continue with resume=True"
+                )
         raise
     return history

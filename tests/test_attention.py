@@ -36,6 +36,7 @@ def lite0_cat():
     model = ee.efficientnet_lite(0, pretrained=True)
     photo = data.chelsea()  # (300, 451, 3) uint8
     from PIL import Image
+
     x = model.pretrained.preprocess(Image.fromarray(photo))[None]  # (1, 3, 224, 224)
     return model, x
 
@@ -59,18 +60,24 @@ def hand_gradcam(model, x, classes):
     def minmax(c):
         c = c - c.amin(dim=(2, 3), keepdim=True)
         return c / (1e-7 + c.amax(dim=(2, 3), keepdim=True))
+
     cam = F.interpolate(minmax(cam), size=x.shape[2:], mode="bilinear", align_corners=False)
     return minmax(cam)[:, 0].numpy()
 
 
 def disc_masks():
     yy, xx = np.mgrid[:32, :32]
-    return np.stack([(yy - 10) ** 2 + (xx - 12) ** 2 < 36,  # a disc
-                     (yy > 20) & (xx > 3) & (xx < 30),  # a bar
-                     (yy == 0) & (xx == 0)])  # one pixel, where an all-zero CAM's argmax is
+    return np.stack(
+        [
+            (yy - 10) ** 2 + (xx - 12) ** 2 < 36,  # a disc
+            (yy > 20) & (xx > 3) & (xx < 30),  # a bar
+            (yy == 0) & (xx == 0),
+        ]
+    )  # one pixel, where an all-zero CAM's argmax is
 
 
 # ----------------------------------------------------------------------------- scores
+
 
 def test_cam_equal_to_mask_scores_one_and_outside_scores_zero():
     masks = disc_masks()
@@ -103,7 +110,7 @@ def test_scores_are_per_image_and_accept_dataset_masks():
     masks, cams = disc_masks(), rng.uniform(0, 1, (3, 32, 32))
     batch = at.attention_scores(cams, torch.as_tensor(masks)[:, None].float())  # (B, 1, H, W)
     for i in range(3):
-        single = at.attention_scores(cams[i:i + 1], masks[i:i + 1])
+        single = at.attention_scores(cams[i : i + 1], masks[i : i + 1])
         for name in batch:
             np.testing.assert_allclose(batch[name][i], single[name][0])
 
@@ -127,6 +134,7 @@ def test_summary_is_mean_and_sample_std():
 
 
 # ----------------------------------------------------------------------------- CAMs
+
 
 def test_one_target_per_image_matches_hand_computed_gradcam(tiny):
     x = image_pair()
@@ -194,8 +202,9 @@ def test_resize_to_a_common_size_across_resolutions(tiny):
     masks = at.resize_cams(disc_masks(), 64)  # nearest: a mask stays a mask
     assert masks.dtype == bool and masks.shape == (3, 64, 64)
     assert masks.sum() == 4 * disc_masks().sum()  # exact 2x upsampling
-    np.testing.assert_allclose(at.cam_iou(at.resize_cams(disc_masks().astype(float), 64), masks),
-                               1.0)
+    np.testing.assert_allclose(
+        at.cam_iou(at.resize_cams(disc_masks().astype(float), 64), masks), 1.0
+    )
 
 
 def test_real_photo_cam_is_not_zero_and_survives_a_frozen_model(lite0_cat):
@@ -226,6 +235,7 @@ def test_overlay_from_array_or_tensor():
 
 
 # ----------------------------------------------------------------------------- faithfulness
+
 
 def test_confidence_change_against_exact_cases(lite0_cat):
     model, x = lite0_cat

@@ -20,6 +20,7 @@ def explorer():
 
 # ----------------------------------------------------------------------------- real photos
 
+
 def test_photo_gallery_has_the_offline_photos():
     photos = aw.photo_gallery()
     assert {"chelsea", "coffee", "astronaut", "rocket"} <= set(photos)
@@ -62,9 +63,13 @@ def test_sliders_update_the_result(explorer):
 
 def test_display_image_is_the_crop_without_normalisation(explorer):
     r = explorer.result
-    crop = transforms.Compose([
-        transforms.Resize(224 + 32, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(224), transforms.ToTensor()])(Image.fromarray(data.chelsea()))
+    crop = transforms.Compose(
+        [
+            transforms.Resize(224 + 32, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+        ]
+    )(Image.fromarray(data.chelsea()))
     np.testing.assert_allclose(r["image"], crop.permute(1, 2, 0).numpy(), atol=1e-5)
     # torchvision's preset keeps mean and std as attributes, not as a Normalize step
     from torchvision.transforms._presets import ImageClassification
@@ -89,14 +94,18 @@ def test_torchvision_status_reports_one_line_and_stays_quiet(monkeypatch, capsys
     def offline(*args, **kwargs):
         print('Downloading: "https://download.pytorch.org/..."')  # as torch.hub does
         import sys
+
         sys.stderr.write("a warning\n")
-        raise RuntimeError("Could not get torchvision's ImageNet weights for efficientnet_b0 "
-                           "(URLError: no network). They are downloaded from ... on first use.")
+        raise RuntimeError(
+            "Could not get torchvision's ImageNet weights for efficientnet_b0 "
+            "(URLError: no network). They are downloaded from ... on first use."
+        )
 
     monkeypatch.setattr(ee.model, "efficientnet", offline)
     ok, reason = aw.torchvision_weights_status()
-    assert not ok and reason == ("Could not get torchvision's ImageNet weights for "
-                                 "efficientnet_b0 (URLError: no network).")
+    assert not ok and reason == (
+        "Could not get torchvision's ImageNet weights for efficientnet_b0 (URLError: no network)."
+    )
     captured = capsys.readouterr()
     assert "\n" not in reason and captured.out == "" and captured.err == ""
     monkeypatch.setattr(ee.model, "efficientnet", lambda *args, **kwargs: None)
@@ -114,14 +123,21 @@ def test_feature_size_follows_the_strides():
 
 # ----------------------------------------------------------------------------- synthetic scenes
 
+
 @pytest.fixture(scope="module")
 def study_models():
     def build(depth, width, resolution, seed):
         torch.manual_seed(seed)
-        return ee.efficientnet(depth=depth, width=width, resolution=resolution, num_classes=24,
-                               dropout=0.0).eval()
-    return {("baseline", 1.0): build(0.25, 0.25, 32, 0), ("depth", 2.0): build(0.5, 0.25, 32, 1),
-            ("resolution", 2.0): build(0.25, 0.25, 40, 2), ("width", 4.0): build(0.25, 0.5, 32, 3)}
+        return ee.efficientnet(
+            depth=depth, width=width, resolution=resolution, num_classes=24, dropout=0.0
+        ).eval()
+
+    return {
+        ("baseline", 1.0): build(0.25, 0.25, 32, 0),
+        ("depth", 2.0): build(0.5, 0.25, 32, 1),
+        ("resolution", 2.0): build(0.25, 0.25, 40, 2),
+        ("width", 4.0): build(0.25, 0.5, 32, 3),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -80,8 +80,9 @@ def test_tf_same_padding_output_size_and_asymmetry():
 def test_gradient_checkpointing_gives_the_same_gradients():
     # No dropout: its random mask would differ between the two runs.
     plain = ee.efficientnet("b0", num_classes=5, stochastic_depth=0.0, dropout=0.0).double()
-    lean = ee.efficientnet("b0", num_classes=5, stochastic_depth=0.0, dropout=0.0,
-                           gradient_checkpointing=True).double()
+    lean = ee.efficientnet(
+        "b0", num_classes=5, stochastic_depth=0.0, dropout=0.0, gradient_checkpointing=True
+    ).double()
     lean.load_state_dict(plain.state_dict())
     assert lean.gradient_checkpointing and not plain.gradient_checkpointing
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
@@ -103,10 +104,12 @@ def test_training_gradients_equal_torchvision():
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     theirs(x).square().sum().backward()
     ours(x).square().sum().backward()
-    assert torch.allclose(ours.stem.conv.weight.grad, theirs.features[0][0].weight.grad,
-                          atol=1e-9, rtol=1e-9)
-    assert torch.allclose(ours.classifier.weight.grad, theirs.classifier[1].weight.grad,
-                          atol=1e-9, rtol=1e-9)
+    assert torch.allclose(
+        ours.stem.conv.weight.grad, theirs.features[0][0].weight.grad, atol=1e-9, rtol=1e-9
+    )
+    assert torch.allclose(
+        ours.classifier.weight.grad, theirs.classifier[1].weight.grad, atol=1e-9, rtol=1e-9
+    )
 
 
 def test_depthwise_convolutions_stay_fp32_under_cpu_autocast():

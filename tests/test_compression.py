@@ -99,8 +99,13 @@ def test_pack4_round_trips_every_code_and_odd_lengths():
 
 def test_compressed_checkpoint_loads_with_weights_only(model, tmp_path):
     path = tmp_path / "small.pt"
-    torch.save({"model_compressed": compress_state_dict(model.state_dict()),
-                "model_signature": model_signature(model)}, path)
+    torch.save(
+        {
+            "model_compressed": compress_state_dict(model.state_dict()),
+            "model_signature": model_signature(model),
+        },
+        path,
+    )
     loaded, checkpoint = load_checkpoint(path)  # weights_only=True inside
     assert not loaded.training
     expected = decompress_state_dict(checkpoint["model_compressed"])
@@ -112,10 +117,15 @@ def test_several_odd_sized_tensors_of_each_kind_round_trip():
     # The decoder walks shared buffers with running offsets: odd 4-bit lengths (a padding
     # nibble each), 8-bit and float16 tensors and integer buffers, interleaved.
     torch.manual_seed(1)
-    state = {"a": torch.randn(3, 5, 1, 1), "b.running_mean": torch.randn(7),
-             "c": torch.randn(7, 1, 1, 1), "d": torch.randn(4, 1, 3, 3),
-             "e.num_batches_tracked": torch.tensor(12), "f": torch.randn(5, 70, 1, 1),
-             "g": torch.randn(2, 9)}
+    state = {
+        "a": torch.randn(3, 5, 1, 1),
+        "b.running_mean": torch.randn(7),
+        "c": torch.randn(7, 1, 1, 1),
+        "d": torch.randn(4, 1, 3, 3),
+        "e.num_batches_tracked": torch.tensor(12),
+        "f": torch.randn(5, 70, 1, 1),
+        "g": torch.randn(2, 9),
+    }
     restored = decompress_state_dict(compress_state_dict(state, large=1))
     assert list(restored) == list(state)
     for key in ("a", "c", "f"):  # 1x1 convolutions: 4 bits, in groups
@@ -135,8 +145,9 @@ def test_bad_input_is_refused(model):
         compress_state_dict({}, large=0)
     good = compress_state_dict(model.state_dict())
     with pytest.raises(ValueError, match="unknown kind 'int2'"):
-        decompress_state_dict({**good, "entries": [[*good["entries"][0][:1], "int2",
-                                                    good["entries"][0][2]]]})
+        decompress_state_dict(
+            {**good, "entries": [[*good["entries"][0][:1], "int2", good["entries"][0][2]]]}
+        )
     with pytest.raises(ValueError, match="truncated"):
         decompress_state_dict({**good, "int8": good["int8"][:-1]})
     with pytest.raises(ValueError, match="values no entry uses"):

@@ -37,6 +37,7 @@ def val64():
 
 # ----------------------------------------------------------------------------- SyntheticObjects
 
+
 def test_shapes_dtypes_and_items(val64):
     n, r = 240, 64
     assert len(val64) == n and len(val64.classes) == NUM_CLASSES == 24
@@ -99,13 +100,13 @@ def test_class_names_and_groups(val64):
         for siblings in groups[factor]:  # differ in this factor, agree in the other two
             factors = [val64.class_factors[i] for i in siblings]
             assert len({f[position] for f in factors}) == len(siblings)
-            assert len({f[:position] + f[position + 1:] for f in factors}) == 1
+            assert len({f[:position] + f[position + 1 :] for f in factors}) == 1
 
 
 def test_masks_cover_the_three_discs(val64):
     masks = val64.masks[:, 0].float()  # (N, R, R)
     area = masks.sum(dim=(1, 2))
-    expected = 3 * math.pi * val64.radii ** 2
+    expected = 3 * math.pi * val64.radii**2
     assert ((area - expected).abs() / expected).max() < 0.1
     rows, cols = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
     for i in range(len(val64)):
@@ -142,16 +143,19 @@ def test_transform_is_applied_to_the_image_only():
     assert image.min() >= 1.0 and image.max() > 2.0 and mask.max() == 1.0
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"split": "training"}, ["split", "'training'", "'train'", "'val'", "'test'"]),
-    ({"num_samples": 0}, ["num_samples", ">= 1", "0"]),
-    ({"num_samples": 2.5}, ["num_samples", "integer", "2.5"]),
-    ({"resolution": 8}, ["resolution", ">= 16", "8"]),
-    ({"resolution": 64.0}, ["resolution", "integer", "64.0"]),
-    ({"resolution": True}, ["resolution", "integer", "True"]),
-    ({"seed": -1}, ["seed", ">= 0", "-1"]),
-    ({"transform": "flip"}, ["transform", "callable", "'flip'"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"split": "training"}, ["split", "'training'", "'train'", "'val'", "'test'"]),
+        ({"num_samples": 0}, ["num_samples", ">= 1", "0"]),
+        ({"num_samples": 2.5}, ["num_samples", "integer", "2.5"]),
+        ({"resolution": 8}, ["resolution", ">= 16", "8"]),
+        ({"resolution": 64.0}, ["resolution", "integer", "64.0"]),
+        ({"resolution": True}, ["resolution", "integer", "True"]),
+        ({"seed": -1}, ["seed", ">= 0", "-1"]),
+        ({"transform": "flip"}, ["transform", "callable", "'flip'"]),
+    ],
+)
 def test_bad_arguments_say_what_is_wrong(kwargs, words):
     with pytest.raises(ValueError) as error:
         SyntheticObjects(**{"num_samples": 4, "resolution": 16, **kwargs})
@@ -177,14 +181,17 @@ def _texture_features(dataset):
     power = torch.fft.fft2((gray - mean[:, None, None]) * inner).abs() ** 2  # (N, R, R)
     frequency = torch.fft.fftfreq(dataset.resolution) * dataset.resolution  # cycles per image
     fy, fx = frequency[:, None], frequency[None, :]
-    power = power * ((fx ** 2 + fy ** 2).sqrt() > 8)
+    power = power * ((fx**2 + fy**2).sqrt() > 8)
     total = power.sum(dim=(1, 2))
     angle = torch.atan2(fy, fx)
     features = [torch.log(total / inner.sum(dim=(1, 2)) + 1e-9)]
     for fold in (2, 4, 6):
-        features.append(torch.complex(power * torch.cos(fold * angle),
-                                      power * torch.sin(fold * angle)).sum(dim=(1, 2)).abs()
-                        / (total + 1e-12))
+        features.append(
+            torch.complex(power * torch.cos(fold * angle), power * torch.sin(fold * angle))
+            .sum(dim=(1, 2))
+            .abs()
+            / (total + 1e-12)
+        )
     return torch.stack(features, dim=1)  # (N, 4)
 
 
@@ -208,6 +215,7 @@ def test_texture_classes_need_resolution():
 
 
 # ----------------------------------------------------------------------------- get_dataset
+
 
 def test_get_dataset_synthetic():
     dataset = get_dataset("synthetic", split="val", resolution=32, num_samples=8, seed=3)
@@ -279,8 +287,9 @@ def test_missing_real_dataset_explains_how_to_get_it(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", ["cifar10", "imagenette"])
-@pytest.mark.parametrize("failure", [urllib.error.URLError("no route to host"),
-                                     OSError("Network is unreachable")])
+@pytest.mark.parametrize(
+    "failure", [urllib.error.URLError("no route to host"), OSError("Network is unreachable")]
+)
 def test_failed_download_explains_what_to_do(tmp_path, monkeypatch, name, failure):
     def offline(*args, **kwargs):  # torchvision's real download code ends up here
         raise failure
@@ -294,6 +303,7 @@ def test_failed_download_explains_what_to_do(tmp_path, monkeypatch, name, failur
 
 
 # ----------------------------------------------------------------------------- pictures
+
 
 def test_plot_class_grid_labels_every_class(val64, tmp_path):
     path = tmp_path / "grid.png"
@@ -316,7 +326,12 @@ def test_plot_class_grid_on_an_image_folder(tmp_path):
 def test_texture_visibility_follows_nyquist():
     # Periods of 4.8-6 px at 64 px: 2 px per period is reached at 26.7 px (shortest) and 21.3 px.
     assert [texture_visibility(r) for r in (21, 24, 27, 32, 64)] == [
-        "gone", "partly gone", "visible", "visible", "visible"]
+        "gone",
+        "partly gone",
+        "visible",
+        "visible",
+        "visible",
+    ]
 
 
 def test_plot_resolution_grid_shows_the_same_scenes(tmp_path):

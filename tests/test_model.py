@@ -10,8 +10,14 @@ import effnet_edu as ee
 
 VARIANTS = ["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"]
 TORCHVISION_PARAMS = {
-    "b0": 5_288_548, "b1": 7_794_184, "b2": 9_109_994, "b3": 12_233_232,
-    "b4": 19_341_616, "b5": 30_389_784, "b6": 43_040_704, "b7": 66_347_960,
+    "b0": 5_288_548,
+    "b1": 7_794_184,
+    "b2": 9_109_994,
+    "b3": 12_233_232,
+    "b4": 19_341_616,
+    "b5": 30_389_784,
+    "b6": 43_040_704,
+    "b7": 66_347_960,
 }
 
 
@@ -31,9 +37,13 @@ def test_params_and_logits_equal_torchvision(variant):
     with torch.no_grad():
         for m_ours, m_theirs in zip(
             [m for m in ours.modules() if isinstance(m, torch.nn.BatchNorm2d)],
-            [m for m in theirs.modules() if isinstance(m, torch.nn.BatchNorm2d)], strict=True):
-            mean, var = torch.randn_like(m_theirs.running_mean) * 0.1, torch.rand_like(
-                m_theirs.running_var) + 0.5
+            [m for m in theirs.modules() if isinstance(m, torch.nn.BatchNorm2d)],
+            strict=True,
+        ):
+            mean, var = (
+                torch.randn_like(m_theirs.running_mean) * 0.1,
+                torch.rand_like(m_theirs.running_var) + 0.5,
+            )
             for m in (m_ours, m_theirs):
                 m.running_mean.copy_(mean)
                 m.running_var.copy_(var)
@@ -58,11 +68,19 @@ def test_config_travels_with_the_model():
 
 def test_b0_stage_table_is_the_paper_table_1():
     c = ee.efficientnet("b0").config
-    rows = [(s.expand_ratio, s.kernel_size, s.stride, s.in_channels, s.out_channels, s.repeats)
-            for s in c.stages]
-    assert rows == [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2),
-                    (6, 3, 2, 40, 80, 3), (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4),
-                    (6, 3, 1, 192, 320, 1)]
+    rows = [
+        (s.expand_ratio, s.kernel_size, s.stride, s.in_channels, s.out_channels, s.repeats)
+        for s in c.stages
+    ]
+    assert rows == [
+        (1, 3, 1, 32, 16, 1),
+        (6, 3, 2, 16, 24, 2),
+        (6, 5, 2, 24, 40, 2),
+        (6, 3, 2, 40, 80, 3),
+        (6, 5, 1, 80, 112, 3),
+        (6, 5, 2, 112, 192, 4),
+        (6, 3, 1, 192, 320, 1),
+    ]
     assert c.num_blocks == 16
 
 
@@ -105,6 +123,7 @@ def test_lite_architecture():
 
 
 # ---------------------------------------------------------------------------- bad input
+
 
 @pytest.mark.parametrize(
     "kwargs, error, pattern",

@@ -77,8 +77,9 @@ def test_profile_table_sums_to_totals():
 
 
 def test_latency_helper():
-    result = ee.measure_latency(ee.efficientnet("b0", num_classes=10), resolution=64,
-                                batch_size=2, warmup=1, repeats=2)
+    result = ee.measure_latency(
+        ee.efficientnet("b0", num_classes=10), resolution=64, batch_size=2, warmup=1, repeats=2
+    )
     assert result["ms"] > 0 and result["images_per_s"] > 0
     with pytest.raises(ValueError, match="batch_size >= 1"):
         ee.measure_latency(ee.efficientnet("b0"), batch_size=0)
@@ -87,8 +88,11 @@ def test_latency_helper():
 def test_config_flops_equals_counted_flops():
     """The on-paper formula and the hook-based count agree for every kind of network."""
     models = [ee.efficientnet(v) for v in ("b0", "b3")] + [
-        ee.efficientnet(phi=1.7), ee.efficientnet(depth=0.5, width=0.3, resolution=45),
-        ee.efficientnet_lite(2), ee.efficientnet(width=1.3, resolution=97, num_classes=7)]
+        ee.efficientnet(phi=1.7),
+        ee.efficientnet(depth=0.5, width=0.3, resolution=45),
+        ee.efficientnet_lite(2),
+        ee.efficientnet(width=1.3, resolution=97, num_classes=7),
+    ]
     for model in models:
         assert ee.config_flops(model.config) == ee.count_flops(model), model.config.name
         assert ee.config_params(model.config) == ee.count_params(model), model.config.name
@@ -102,5 +106,6 @@ def test_count_macs_of_a_single_block_matches_flop_counter():
         block.eval()(torch.zeros(1, 40, 28, 28))
     assert ee.count_macs(block, (40, 28, 28)) == counter.get_total_flops() / 2
     # by hand: expand 28*28*240*40 + depthwise 14*14*240*9 + SE 2*240*10 + project 14*14*80*240
-    assert ee.count_macs(block, (40, 28, 28)) == (28 * 28 * 240 * 40 + 14 * 14 * 240 * 9
-                                                   + 2 * 240 * 10 + 14 * 14 * 80 * 240)
+    assert ee.count_macs(block, (40, 28, 28)) == (
+        28 * 28 * 240 * 40 + 14 * 14 * 240 * 9 + 2 * 240 * 10 + 14 * 14 * 80 * 240
+    )

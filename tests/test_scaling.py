@@ -21,14 +21,21 @@ def test_compound_coefficients_match_equation_3():
 @pytest.mark.parametrize(
     "channels, width, expected",
     [
-        (32, 1.0, 32), (32, 1.1, 32), (40, 1.1, 48), (16, 1.1, 16), (24, 1.2, 32),
-        (320, 2.0, 640), (1280, 1.1, 1408), (1280, 2.0, 2560), (112, 1.4, 160),
-        (3, 1.0, 8),     # the minimum is one divisor
-        (44, 1.0, 48),   # 44 + 4 = 48 -> 48 (round half up)
-        (36, 1.0, 40),   # 36 + 4 = 40 -> 40
-        (20, 1.0, 24),   # int(20 + 4) // 8 * 8 = 24
-        (12, 1.0, 16),   # rounds to 16 (nearest, ties up)
-        (10, 1.0, 16),   # rounds to 8, which loses 20 % > 10 %: add 8 -> 16
+        (32, 1.0, 32),
+        (32, 1.1, 32),
+        (40, 1.1, 48),
+        (16, 1.1, 16),
+        (24, 1.2, 32),
+        (320, 2.0, 640),
+        (1280, 1.1, 1408),
+        (1280, 2.0, 2560),
+        (112, 1.4, 160),
+        (3, 1.0, 8),  # the minimum is one divisor
+        (44, 1.0, 48),  # 44 + 4 = 48 -> 48 (round half up)
+        (36, 1.0, 40),  # 36 + 4 = 40 -> 40
+        (20, 1.0, 24),  # int(20 + 4) // 8 * 8 = 24
+        (12, 1.0, 16),  # rounds to 16 (nearest, ties up)
+        (10, 1.0, 16),  # rounds to 8, which loses 20 % > 10 %: add 8 -> 16
     ],
 )
 def test_round_filters_official_rule(channels, width, expected):
@@ -41,22 +48,29 @@ def test_round_filters_agrees_with_torchvision():
     for channels in range(1, 400, 3):
         for width in (0.5, 0.75, 1.0, 1.1, 1.2, 1.4, 1.6, 1.8, 2.0, 2.3, 3.7):
             assert ee.round_filters(channels, width) == _make_divisible(channels * width, 8), (
-                channels, width)
+                channels,
+                width,
+            )
 
 
 def test_round_repeats_is_ceil():
     assert ee.round_repeats(1, 1.0) == 1
-    assert ee.round_repeats(3, 1.1) == 4      # 3.3 -> 4
-    assert ee.round_repeats(4, 3.1) == 13     # 12.4 -> 13
-    assert ee.round_repeats(2, 1.2) == 3      # 2.4 -> 3
+    assert ee.round_repeats(3, 1.1) == 4  # 3.3 -> 4
+    assert ee.round_repeats(4, 3.1) == 13  # 12.4 -> 13
+    assert ee.round_repeats(2, 1.2) == 3  # 2.4 -> 3
 
 
 def test_official_table():
     table = {k: (v.width, v.depth, v.resolution, v.dropout) for k, v in OFFICIAL_VARIANTS.items()}
     assert table == {
-        "b0": (1.0, 1.0, 224, 0.2), "b1": (1.0, 1.1, 240, 0.2), "b2": (1.1, 1.2, 260, 0.3),
-        "b3": (1.2, 1.4, 300, 0.3), "b4": (1.4, 1.8, 380, 0.4), "b5": (1.6, 2.2, 456, 0.4),
-        "b6": (1.8, 2.6, 528, 0.5), "b7": (2.0, 3.1, 600, 0.5),
+        "b0": (1.0, 1.0, 224, 0.2),
+        "b1": (1.0, 1.1, 240, 0.2),
+        "b2": (1.1, 1.2, 260, 0.3),
+        "b3": (1.2, 1.4, 300, 0.3),
+        "b4": (1.4, 1.8, 380, 0.4),
+        "b5": (1.6, 2.2, 456, 0.4),
+        "b6": (1.8, 2.6, 528, 0.5),
+        "b7": (2.0, 3.1, 600, 0.5),
     }
 
 

@@ -28,13 +28,19 @@ def test_matched_point_hits_the_flops_target(family, target):
     base = Baseline()
     point = matched_point(base, family, target)
     # Measured by FlopCounter-equivalent hooks on the built models, not by the planner's formula.
-    ratio = (count_flops(efficientnet(depth=point.depth, width=point.width,
-                                      resolution=point.resolution, num_classes=24))
-             / count_flops(efficientnet(depth=base.depth, width=base.width,
-                                        resolution=base.resolution, num_classes=24)))
+    ratio = count_flops(
+        efficientnet(
+            depth=point.depth, width=point.width, resolution=point.resolution, num_classes=24
+        )
+    ) / count_flops(
+        efficientnet(depth=base.depth, width=base.width, resolution=base.resolution, num_classes=24)
+    )
     assert abs(math.log(ratio / target)) < math.log(1.25), (family, target, ratio)
-    changed = {"depth": point.depth != base.depth, "width": point.width != base.width,
-               "resolution": point.resolution != base.resolution}
+    changed = {
+        "depth": point.depth != base.depth,
+        "width": point.width != base.width,
+        "resolution": point.resolution != base.resolution,
+    }
     if family == "compound":
         assert all(changed.values())
     else:
@@ -55,20 +61,25 @@ def test_factor_accuracy_counts_each_factor():
     # index keeps arrangement and colour right and gets every texture wrong.
     wrong_texture = labels // 4 * 4 + (labels + 1) % 4
     scores = factor_accuracy(wrong_texture, labels, data.class_factors)
-    assert scores == {"arrangement_accuracy": 1.0, "colour_accuracy": 1.0,
-                      "texture_accuracy": 0.0}
+    assert scores == {"arrangement_accuracy": 1.0, "colour_accuracy": 1.0, "texture_accuracy": 0.0}
     wrong_arrangement = (labels + 8) % 24  # same colour and texture, the next arrangement
     scores = factor_accuracy(wrong_arrangement, labels, data.class_factors)
-    assert scores == {"arrangement_accuracy": 0.0, "colour_accuracy": 1.0,
-                      "texture_accuracy": 1.0}
+    assert scores == {"arrangement_accuracy": 0.0, "colour_accuracy": 1.0, "texture_accuracy": 1.0}
 
 
 def test_run_study_in_parallel_equals_serial_and_saves_models(tmp_path):
     base = Baseline(depth=0.25, width=0.25, resolution=32)
     points = [p for p in plan(base, (2.0,)) if p.family in ("baseline", "resolution")]
     factory = DatasetFactory("synthetic", train_samples=64, val_samples=48)
-    config = TrainConfig(epochs=1, batch_size=32, optimizer="adamw", lr=3e-3,
-                         label_smoothing=0.0, progress=False, device="cpu")
+    config = TrainConfig(
+        epochs=1,
+        batch_size=32,
+        optimizer="adamw",
+        lr=3e-3,
+        label_smoothing=0.0,
+        progress=False,
+        device="cpu",
+    )
     # Workers train with one thread each; the serial run must too for bit-equal results (a
     # different thread count changes the order of floating-point sums).
     threads = torch.get_num_threads()
@@ -77,11 +88,19 @@ def test_run_study_in_parallel_equals_serial_and_saves_models(tmp_path):
         serial = run_study(points, factory, config, tmp_path / "serial", log=lambda _: None)
     finally:
         torch.set_num_threads(threads)
-    parallel = run_study(points, factory, config, tmp_path / "parallel", workers=2,
-                         save_models=True, log=lambda _: None)
+    parallel = run_study(
+        points,
+        factory,
+        config,
+        tmp_path / "parallel",
+        workers=2,
+        save_models=True,
+        log=lambda _: None,
+    )
     drop = ("seconds", "cpu_seconds", "saved_model_accuracy")  # timings; only saved models
-    assert [{k: v for k, v in r.items() if k not in drop} for r in serial] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in parallel]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in serial] == [
+        {k: v for k, v in r.items() if k not in drop} for r in parallel
+    ]
     assert {"arrangement_accuracy", "colour_accuracy", "texture_accuracy"} <= set(serial[0])
     for name in ("results.json", "results.csv", "plot.png"):
         assert (tmp_path / "parallel" / name).is_file()
@@ -93,8 +112,9 @@ def test_run_study_in_parallel_equals_serial_and_saves_models(tmp_path):
         val = factory("val", row["resolution"])
         torch.set_num_threads(1)  # as in the workers: equal sums, so equal predictions
         try:
-            accuracy = evaluate(model, val, device="cpu", amp="off",
-                                channels_last=False)["accuracy"]
+            accuracy = evaluate(model, val, device="cpu", amp="off", channels_last=False)[
+                "accuracy"
+            ]
         finally:
             torch.set_num_threads(threads)
         assert accuracy == pytest.approx(row["saved_model_accuracy"], abs=1e-9)

@@ -9,8 +9,7 @@ from effnet_edu.training import EpochSampler, TrainConfig, fit, load_checkpoint,
 
 
 def tiny_model(num_classes=3, **kwargs):
-    return ee.efficientnet(depth=0.25, width=0.25, resolution=32, num_classes=num_classes,
-                           **kwargs)
+    return ee.efficientnet(depth=0.25, width=0.25, resolution=32, num_classes=num_classes, **kwargs)
 
 
 def easy_data(n=96, seed=0):
@@ -24,11 +23,26 @@ def easy_data(n=96, seed=0):
 
 def test_fit_learns_and_reports_history():
     model = tiny_model()
-    history = fit(model, easy_data(), easy_data(48, seed=1), epochs=8, batch_size=16, lr=0.05,
-                  progress=False, amp="off")
+    history = fit(
+        model,
+        easy_data(),
+        easy_data(48, seed=1),
+        epochs=8,
+        batch_size=16,
+        lr=0.05,
+        progress=False,
+        amp="off",
+    )
     assert len(history) == 8
-    assert set(history.last) >= {"loss", "accuracy", "val_loss", "val_accuracy", "lr",
-                                 "images_per_s", "seconds"}
+    assert set(history.last) >= {
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+        "images_per_s",
+        "seconds",
+    }
     assert history["val_accuracy"][-1] > 0.8  # chance is 1/3
     assert history["loss"][-1] < history["loss"][0]
 
@@ -49,9 +63,22 @@ class Exploding(Dataset):
 
 
 def run_config(out_dir, **overrides):
-    return TrainConfig(**{**dict(epochs=3, batch_size=8, lr=0.05, steps_per_epoch=5,
-                                 ema_decay=0.9, out_dir=str(out_dir), progress=False, amp="off",
-                                 seed=3), **overrides})
+    return TrainConfig(
+        **{
+            **dict(
+                epochs=3,
+                batch_size=8,
+                lr=0.05,
+                steps_per_epoch=5,
+                ema_decay=0.9,
+                out_dir=str(out_dir),
+                progress=False,
+                amp="off",
+                seed=3,
+            ),
+            **overrides,
+        }
+    )
 
 
 def final_state(model):
@@ -69,6 +96,7 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, how):
     model = tiny_model(dropout=0.3, stochastic_depth=0.5)
     model.load_state_dict(initial)
     if how == "on_step":
+
         def stop(global_step):
             if global_step == 7:  # epoch 2, step 2
                 raise KeyboardInterrupt
@@ -88,8 +116,10 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, how):
     expected = reference.state_dict()
     for key, value in resumed.state_dict().items():
         assert torch.equal(value, expected[key]), key
-    ours, theirs = (torch.load(p / "checkpoint.pt", weights_only=True)["ema"]
-                    for p in (tmp_path / "run", tmp_path / "reference"))
+    ours, theirs = (
+        torch.load(p / "checkpoint.pt", weights_only=True)["ema"]
+        for p in (tmp_path / "run", tmp_path / "reference")
+    )
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
@@ -109,8 +139,11 @@ def test_checkpoint_refuses_another_architecture(tmp_path):
     data = easy_data(32)
     fit(tiny_model(), data, config=run_config(tmp_path, epochs=1, ema_decay=None))
     with pytest.raises(ValueError, match="different architecture.*width"):
-        fit(ee.efficientnet(depth=0.25, width=0.5, resolution=32, num_classes=3), data,
-            config=run_config(tmp_path, epochs=2, resume=True))
+        fit(
+            ee.efficientnet(depth=0.25, width=0.5, resolution=32, num_classes=3),
+            data,
+            config=run_config(tmp_path, epochs=2, resume=True),
+        )
     with pytest.raises(ValueError, match="different architecture.*num_classes"):
         load_checkpoint(tmp_path / "checkpoint.pt", tiny_model(num_classes=4))
     model, checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")  # rebuilt from its config
@@ -124,9 +157,18 @@ def test_resume_without_checkpoint_is_an_error(tmp_path):
         fit(tiny_model(), easy_data(32), config=run_config(tmp_path, resume=True))
 
 
-@pytest.mark.parametrize("field, value", [("epochs", -1), ("batch_size", 0), ("lr", 0.0),
-                                          ("optimizer", "lamb"), ("schedule", "poly"),
-                                          ("amp", "fp8"), ("label_smoothing", 1.0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("epochs", -1),
+        ("batch_size", 0),
+        ("lr", 0.0),
+        ("optimizer", "lamb"),
+        ("schedule", "poly"),
+        ("amp", "fp8"),
+        ("label_smoothing", 1.0),
+    ],
+)
 def test_bad_train_config(field, value):
     with pytest.raises(ValueError, match=f"{field} must be"):
         TrainConfig(**{field: value})

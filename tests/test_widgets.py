@@ -12,8 +12,11 @@ def test_phi_slider_updates_result():
     explorer.slider.value = 2.0  # what a student's drag does
     r = explorer.result
     d, w, g = ee.compound_coefficients(2.0)
-    assert (r["depth"], r["width"], r["resolution"]) == (pytest.approx(d), pytest.approx(w),
-                                                          round(224 * g))
+    assert (r["depth"], r["width"], r["resolution"]) == (
+        pytest.approx(d),
+        pytest.approx(w),
+        round(224 * g),
+    )
     model = ee.efficientnet(phi=2.0)
     assert r["params"] == ee.count_params(model) and r["flops"] == ee.count_flops(model)
     assert "φ = 2.00" in explorer.summary() and "2^φ = 4.00" in explorer.summary()

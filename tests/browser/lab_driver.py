@@ -34,9 +34,15 @@ ARTIFACTS = REPO / "artifacts" / "browser"  # git-ignored
 DOCS_IMAGES = REPO / "docs" / "images"
 CHROMIUM = os.environ.get("EFFNET_CHROMIUM", "/usr/bin/chromium")
 # Headless Chromium in a container: no sandbox (root), no GPU, nothing fetched in the background.
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run",
-                  "--disable-dev-shm-usage"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 VIEWPORT = {"width": 1400, "height": 1000}
 SERVER_START_TIMEOUT_S = 120
 PAGE_TIMEOUT_MS = 60_000  # one slow click or page load on a busy 2-core machine
@@ -45,8 +51,7 @@ PAGE_TIMEOUT_MS = 60_000  # one slow click or page load on a busy 2-core machine
 # "get notified about official Jupyter news?" toast, and every cell kept in the DOM (the default
 # windowing skips or detaches cells outside the viewport).
 LAB_SETTINGS = {
-    "@jupyterlab/apputils-extension/notification": {"fetchNews": "false",
-                                                    "checkForUpdates": False},
+    "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
     "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
 }
 
@@ -56,15 +61,25 @@ PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 STDERR = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
 ERROR_PATTERN = re.compile(r"Traceback|\b\w*(Error|Exception)\b:")
 # An exception in a kernel message: an error reply or output, or a traceback on stderr.
-KERNEL_ERROR = re.compile(r'"msg_type":\s*"error"|Traceback \(most recent call last\)|'
-                          r"Exception in comm_msg")
-EXCEPTION_NAME = re.compile(r'"ename":\s*"(?P<ename>[^"]*)",\s*'
-                            r'"evalue":\s*(?P<evalue>"(?:[^"\\]|\\.)*")')
+KERNEL_ERROR = re.compile(
+    r'"msg_type":\s*"error"|Traceback \(most recent call last\)|'
+    r"Exception in comm_msg"
+)
+EXCEPTION_NAME = re.compile(
+    r'"ename":\s*"(?P<ename>[^"]*)",\s*'
+    r'"evalue":\s*(?P<evalue>"(?:[^"\\]|\\.)*")'
+)
 # What the notebook shows instead of a widget when the ipywidgets front end is missing or broken.
-WIDGET_FAILURES = ("Loading widget...", "Error displaying widget", "Failed to load model class",
-                   "Error rendering output item")
-WIDGET_REPR = re.compile(r"\b(?:VBox|HBox|Box|interactive)\(children=|"
-                         r"\b(?:Float|Int)(?:Log)?Slider\(value=|\bOutput\(\)")
+WIDGET_FAILURES = (
+    "Loading widget...",
+    "Error displaying widget",
+    "Failed to load model class",
+    "Error rendering output item",
+)
+WIDGET_REPR = re.compile(
+    r"\b(?:VBox|HBox|Box|interactive)\(children=|"
+    r"\b(?:Float|Int)(?:Log)?Slider\(value=|\bOutput\(\)"
+)
 
 
 def missing_requirement() -> str | None:
@@ -72,15 +87,20 @@ def missing_requirement() -> str | None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return (f"Playwright for Python is not installed in {sys.prefix}; `make test` installs "
-                "it, or run `.venv/bin/python -m pip install -e '.[browser]'`")
+        return (
+            f"Playwright for Python is not installed in {sys.prefix}; `make test` installs "
+            "it, or run `.venv/bin/python -m pip install -e '.[browser]'`"
+        )
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        return (f"no Chromium at {CHROMIUM}; `make test` installs Debian's `chromium` package "
-                "when it may use apt (root or sudo), or set EFFNET_CHROMIUM to a Chromium binary")
+        return (
+            f"no Chromium at {CHROMIUM}; `make test` installs Debian's `chromium` package "
+            "when it may use apt (root or sudo), or set EFFNET_CHROMIUM to a Chromium binary"
+        )
     return None
 
 
 # ------------------------------------------------------------------------------------- server
+
 
 @dataclass
 class LabServer:
@@ -91,8 +111,9 @@ class LabServer:
     process: subprocess.Popen
 
     def api(self, path: str, method: str = "GET"):
-        request = urllib.request.Request(f"{self.url}{path}", method=method,
-                                         headers={"Authorization": f"token {self.token}"})
+        request = urllib.request.Request(
+            f"{self.url}{path}", method=method, headers={"Authorization": f"token {self.token}"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             body = response.read()
         return json.loads(body) if body else None
@@ -147,43 +168,63 @@ def start_lab_server(base: Path, log: Path) -> LabServer:
     root = mirror_repository(base / "repo")
     write_lab_settings(base / "settings")
     port, token = _free_port(), secrets.token_hex(24)
-    env = dict(os.environ,
-               JUPYTERLAB_SETTINGS_DIR=str(base / "settings"),
-               JUPYTERLAB_WORKSPACES_DIR=str(base / "workspaces"),
-               JUPYTER_CONFIG_DIR=str(base / "config"),  # no user configuration leaks in
-               JUPYTER_RUNTIME_DIR=str(base / "runtime"))
+    env = dict(
+        os.environ,
+        JUPYTERLAB_SETTINGS_DIR=str(base / "settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(base / "workspaces"),
+        JUPYTER_CONFIG_DIR=str(base / "config"),  # no user configuration leaks in
+        JUPYTER_RUNTIME_DIR=str(base / "runtime"),
+    )
     env.setdefault("OMP_NUM_THREADS", "1")  # the kernel shares the machine with the browser
     env.setdefault("TQDM_DISABLE", "1")
     env.pop("MPLBACKEND", None)  # the kernel must use the inline backend, as for a student
-    command = [sys.executable, "-m", "jupyterlab", "--no-browser",
-               "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-               "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-               f"--ServerApp.root_dir={root}",
-               # a safety net should the test process die before it stops the server:
-               "--MappingKernelManager.cull_idle_timeout=900",
-               "--MappingKernelManager.cull_interval=60",
-               "--ServerApp.shutdown_no_activity_timeout=1200"]
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        # a safety net should the test process die before it stops the server:
+        "--MappingKernelManager.cull_idle_timeout=900",
+        "--MappingKernelManager.cull_interval=60",
+        "--ServerApp.shutdown_no_activity_timeout=1200",
+    ]
     if hasattr(os, "getuid") and os.getuid() == 0:
         command.append("--allow-root")  # JupyterLab refuses to run as root without it (CI)
     with open(log, "w") as log_file:
-        process = subprocess.Popen(command, cwd=root, env=env, stdout=log_file,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    server = LabServer(url=f"http://127.0.0.1:{port}", token=token, root=root, log=log,
-                       process=process)
+        process = subprocess.Popen(
+            command,
+            cwd=root,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = LabServer(
+        url=f"http://127.0.0.1:{port}", token=token, root=root, log=log, process=process
+    )
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"JupyterLab exited with code {process.returncode} while "
-                               f"starting; its log ({log}):\n{server.log_text()[-4000:]}")
+            raise RuntimeError(
+                f"JupyterLab exited with code {process.returncode} while "
+                f"starting; its log ({log}):\n{server.log_text()[-4000:]}"
+            )
         try:
             server.api("/api/status")
             return server
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             if time.monotonic() > deadline:
                 stop_lab_server(server)
-                raise RuntimeError(f"JupyterLab did not answer on {server.url} within "
-                                   f"{SERVER_START_TIMEOUT_S} s; its log:\n"
-                                   f"{server.log_text()[-4000:]}") from None
+                raise RuntimeError(
+                    f"JupyterLab did not answer on {server.url} within "
+                    f"{SERVER_START_TIMEOUT_S} s; its log:\n"
+                    f"{server.log_text()[-4000:]}"
+                ) from None
             time.sleep(0.5)
 
 
@@ -208,6 +249,7 @@ def stop_lab_server(server: LabServer) -> None:
 
 # --------------------------------------------------------------------------------- the page
 
+
 class LabPage:
     """What a student does in JupyterLab, and the checks on what the page then shows."""
 
@@ -231,7 +273,8 @@ class LabPage:
         if KERNEL_ERROR.search(text):
             found = EXCEPTION_NAME.search(text)
             self.kernel_errors.append(
-                f"{found['ename']}: {json.loads(found['evalue'])}" if found else text[-2000:])
+                f"{found['ename']}: {json.loads(found['evalue'])}" if found else text[-2000:]
+            )
 
     @property
     def expect(self):
@@ -246,8 +289,11 @@ class LabPage:
         self.log_start = len(self.server.log_text())
         self.kernel_errors.clear()
         # A workspace of its own, reset: no tab (and no kernel) restored from an earlier test.
-        self.page.goto(f"{self.server.url}/lab/workspaces/{self.prefix}/tree/{notebook}"
-                       f"?reset&token={self.server.token}", wait_until="domcontentloaded")
+        self.page.goto(
+            f"{self.server.url}/lab/workspaces/{self.prefix}/tree/{notebook}"
+            f"?reset&token={self.server.token}",
+            wait_until="domcontentloaded",
+        )
         self.page.locator(f"{PANEL} .jp-Notebook .jp-Cell").first.wait_for()
         # JupyterLab starts the notebook's kernel (python3) by itself, but sometimes asks first
         # ("Select Kernel", the preferred kernel preselected): accept, as a student would.
@@ -262,20 +308,26 @@ class LabPage:
 
     def _kernel_started(self) -> bool:
         sessions = self.server.api("/api/sessions") or []
-        return any(s.get("path", "").endswith(self.notebook) and s.get("kernel")
-                   and s["kernel"].get("execution_state") == "idle" for s in sessions)
+        return any(
+            s.get("path", "").endswith(self.notebook)
+            and s.get("kernel")
+            and s["kernel"].get("execution_state") == "idle"
+            for s in sessions
+        )
 
     def wait_for_kernel_idle(self, timeout_ms: int = PAGE_TIMEOUT_MS) -> None:
         # The kernel status circle in the notebook's toolbar.
-        self.page.locator(f"{PANEL} .jp-Notebook-ExecutionIndicator"
-                          "[data-status='idle']").wait_for(timeout=timeout_ms)
+        self.page.locator(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
+            timeout=timeout_ms
+        )
 
     def run_all(self, timeout_s: float) -> float:
         """Run -> Run All Cells, then wait until no cell is queued or running; return seconds."""
         start = time.monotonic()
         self.page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
-        self.page.locator(".lm-Menu-item:visible",
-                          has_text=re.compile(r"^Run All Cells")).first.click()
+        self.page.locator(
+            ".lm-Menu-item:visible", has_text=re.compile(r"^Run All Cells")
+        ).first.click()
         # Prompts read "[ ]:" before (outputs were stripped), "[*]:" while queued or running and
         # "[n]:" once run; a cell that raises stops the run and resets the queued ones to "[ ]:".
         self.page.wait_for_function(
@@ -283,7 +335,11 @@ class LabPage:
                 const prompts = [...document.querySelectorAll(
                     panel + ' .jp-CodeCell .jp-InputPrompt')].map(p => p.textContent);
                 return prompts.some(p => /\\d/.test(p)) && !prompts.some(p => p.includes('*'));
-            }""", arg=PANEL, timeout=timeout_s * 1000, polling=500)
+            }""",
+            arg=PANEL,
+            timeout=timeout_s * 1000,
+            polling=500,
+        )
         self.wait_for_kernel_idle()
         return time.monotonic() - start
 
@@ -318,8 +374,7 @@ class LabPage:
     # --------------------------------------------------------------------------------- checks
     def unexecuted_cells(self) -> list[int]:
         """Indices (among code cells, from 0) of the cells that show no execution count."""
-        texts = self.page.locator(f"{PANEL} .jp-CodeCell .jp-InputPrompt") \
-            .all_text_contents()
+        texts = self.page.locator(f"{PANEL} .jp-CodeCell .jp-InputPrompt").all_text_contents()
         return [i for i, text in enumerate(texts) if not re.search(r"\d", text)]
 
     def error_outputs(self) -> list[str]:
@@ -331,12 +386,13 @@ class LabPage:
         """Signs, in the outputs, that the widget front end is missing or broken."""
         outputs = self.page.locator(f"{PANEL} .jp-OutputArea-output")
         deadline = time.monotonic() + settle_s  # "Loading widget..." may still settle
-        while ("Loading widget..." in "\n".join(outputs.all_inner_texts())
-               and time.monotonic() < deadline):
+        while (
+            "Loading widget..." in "\n".join(outputs.all_inner_texts())
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.5)
         text = "\n".join(outputs.all_inner_texts())
-        problems = [f"an output shows {marker!r}" for marker in WIDGET_FAILURES
-                    if marker in text]
+        problems = [f"an output shows {marker!r}" for marker in WIDGET_FAILURES if marker in text]
         reprs = sorted(set(WIDGET_REPR.findall(text)))
         if reprs:  # JupyterLab without the ipywidgets extension falls back to the text repr
             problems.append(f"outputs show widget text reprs instead of widgets: {reprs}")
@@ -352,12 +408,14 @@ class LabPage:
         assert not problems, "; ".join(problems)
         # An exception raised by a widget callback outside an Output context is shown in no cell:
         # the kernel sends it with no cell to go to (JupyterLab puts it in its log console) ...
-        assert not self.kernel_errors, \
+        assert not self.kernel_errors, (
             f"the kernel reported exceptions that no cell shows: {sorted(set(self.kernel_errors))}"
+        )
         # ... or, with other kernel versions, writes it to its own log, held by the server's.
-        logged = re.findall(r"Exception in comm_msg.*", self.server.log_text()[self.log_start:])
-        assert not logged, f"a widget callback raised in the kernel (see {self.server.log}): " \
-                           f"{logged}"
+        logged = re.findall(r"Exception in comm_msg.*", self.server.log_text()[self.log_start :])
+        assert not logged, (
+            f"a widget callback raised in the kernel (see {self.server.log}): {logged}"
+        )
 
     def phi_sliders(self):
         """The rendered φ sliders (ipywidgets 8, noUiSlider), in notebook order."""
@@ -365,8 +423,11 @@ class LabPage:
 
     def cell_with(self, slider):
         """The code cell whose output holds `slider`."""
-        index = slider.evaluate("""(element, panel) => [...document.querySelectorAll(
-            panel + ' .jp-CodeCell')].findIndex(cell => cell.contains(element))""", PANEL)
+        index = slider.evaluate(
+            """(element, panel) => [...document.querySelectorAll(
+            panel + ' .jp-CodeCell')].findIndex(cell => cell.contains(element))""",
+            PANEL,
+        )
         assert index >= 0, "the slider is in no code cell of the notebook on screen"
         return self.page.locator(f"{PANEL} .jp-CodeCell").nth(index)
 

@@ -32,6 +32,7 @@ REDRAW_TIMEOUT_S = 60  # one slider callback: numbers, table and plot (03), Grad
 
 # ------------------------------------------------------------------------------------ helpers
 
+
 @pytest.fixture(scope="module")
 def reference_explorer():
     """A PhiExplorer in this process, to compute what the browser must show for a given φ."""
@@ -59,7 +60,8 @@ def output_snapshot(cell) -> dict:
                 text: copy.innerText,
                 images: [...wrapper.querySelectorAll('img')].map(img => img.src),
             };
-        }""")
+        }"""
+    )
 
 
 def wait_for_change(cell, before: dict, keys: tuple[str, ...], timeout_s: float) -> dict:
@@ -76,8 +78,9 @@ def wait_for_change(cell, before: dict, keys: tuple[str, ...], timeout_s: float)
             return now
         if time.monotonic() > deadline:
             unchanged = [key for key in keys if now[key] == before[key]]
-            raise AssertionError(f"moving the φ slider did not change the displayed {unchanged} "
-                                 f"within {timeout_s} s")
+            raise AssertionError(
+                f"moving the φ slider did not change the displayed {unchanged} within {timeout_s} s"
+            )
         time.sleep(0.5)
 
 
@@ -105,11 +108,13 @@ def assert_phi_sliders_rendered(lab: LabPage, at_least: int = 1):
     count = sliders.count()
     assert count >= at_least, (
         f"expected at least {at_least} rendered φ slider(s) (.widget-slider labelled φ), found "
-        f"{count}: is the ipywidgets front end (jupyterlab_widgets) installed and enabled?")
+        f"{count}: is the ipywidgets front end (jupyterlab_widgets) installed and enabled?"
+    )
     return sliders
 
 
 # ---------------------------------------------------------------------------------- notebooks
+
 
 def test_compound_scaling_phi_explorer(lab: LabPage, reference_explorer):
     """Notebook 03: run all, then move the φ explorer and read the new FLOPs and multipliers."""
@@ -130,12 +135,14 @@ def test_compound_scaling_phi_explorer(lab: LabPage, reference_explorer):
 
     # Keyboard: five steps of 0.1 to the right.
     press_on_slider(lab, slider, *["ArrowRight"] * 5)
-    lab.expect(output).to_contain_text(expected_summary(reference_explorer, 2.0),
-                                       timeout=REDRAW_TIMEOUT_S * 1000)
+    lab.expect(output).to_contain_text(
+        expected_summary(reference_explorer, 2.0), timeout=REDRAW_TIMEOUT_S * 1000
+    )
     after = wait_for_change(cell, before, ("text", "images"), REDRAW_TIMEOUT_S)
     assert lab.slider_value(slider) == "2.0"
-    assert "296x296" in after["text"] and "296x296" not in before["text"], \
+    assert "296x296" in after["text"] and "296x296" not in before["text"], (
         "the stage table was not redrawn for phi = 2 (input 296 x 296 pixels)"
+    )
     assert len(after["images"]) == 1, "the explorer should show exactly one plot"
     lab.assert_clean_run()
     lab.hide_sidebar()
@@ -148,11 +155,13 @@ def test_compound_scaling_phi_explorer(lab: LabPage, reference_explorer):
     lab.page.wait_for_function(
         "el => el.textContent.trim() !== '2.0'",
         arg=slider.locator(".widget-readout").element_handle(),
-        timeout=REDRAW_TIMEOUT_S * 1000)
+        timeout=REDRAW_TIMEOUT_S * 1000,
+    )
     dragged = float(lab.slider_value(slider))
     assert 2.5 <= dragged <= 3.5, f"dragging to 3/7 of the track gave phi = {dragged}"
-    lab.expect(output).to_contain_text(expected_summary(reference_explorer, dragged),
-                                       timeout=REDRAW_TIMEOUT_S * 1000)
+    lab.expect(output).to_contain_text(
+        expected_summary(reference_explorer, dragged), timeout=REDRAW_TIMEOUT_S * 1000
+    )
     wait_for_change(cell, before, ("text", "images"), REDRAW_TIMEOUT_S)
     lab.assert_clean_run()
     lab.screenshot("phi_explorer_dragged", locator=cell)
@@ -175,8 +184,9 @@ def test_gradcam_phi_slider(lab: LabPage):
     slider = assert_phi_sliders_rendered(lab).first
     cell = lab.cell_with(slider)
     handle = slider.locator(".noUi-handle")
-    value, maximum = (float(handle.get_attribute(name)) for name in
-                      ("aria-valuenow", "aria-valuemax"))
+    value, maximum = (
+        float(handle.get_attribute(name)) for name in ("aria-valuenow", "aria-valuemax")
+    )
     before_value = lab.slider_value(slider)
     before = output_snapshot(cell)
     assert before["images"], "the GradCAM explorer shows no image (CAM overlay) before moving"
@@ -186,8 +196,9 @@ def test_gradcam_phi_slider(lab: LabPage):
     after = wait_for_change(cell, before, ("images", "text"), REDRAW_TIMEOUT_S)
     new_value = lab.slider_value(slider)
     assert new_value != before_value, "the slider's readout did not move"
-    assert re.search(rf"φ\s*=\s*{re.escape(new_value)}\b", after["text"]), \
+    assert re.search(rf"φ\s*=\s*{re.escape(new_value)}\b", after["text"]), (
         f"the explorer's text does not name the new φ = {new_value}"
+    )
     assert len(after["images"]) == len(before["images"]), "images appeared or vanished"
     lab.assert_clean_run()
     lab.hide_sidebar()
@@ -210,33 +221,45 @@ def test_phi_explorer_survives_rapid_moves(lab: LabPage, reference_explorer):
     output = lab.cell_with(slider).locator(".widget-output")
     for _ in range(2):
         press_on_slider(lab, slider, *["ArrowRight"] * 5)
-        lab.expect(output).to_contain_text(expected_summary(reference_explorer, 1.5),
-                                           timeout=REDRAW_TIMEOUT_S * 1000)
+        lab.expect(output).to_contain_text(
+            expected_summary(reference_explorer, 1.5), timeout=REDRAW_TIMEOUT_S * 1000
+        )
         press_on_slider(lab, slider, *["ArrowLeft"] * 5)
-        lab.expect(output).to_contain_text(expected_summary(reference_explorer, 1.0),
-                                           timeout=REDRAW_TIMEOUT_S * 1000)
+        lab.expect(output).to_contain_text(
+            expected_summary(reference_explorer, 1.0), timeout=REDRAW_TIMEOUT_S * 1000
+        )
     time.sleep(2)  # let the last messages arrive
     lab.assert_clean_run()
 
 
 # ------------------------------------------------------------------------- checks of the checks
 
+
 def _tiny_explorer_notebook(lab: LabPage, name: str, break_method: str | None = None) -> str:
     """A two-cell notebook with a PhiExplorer; `break_method` makes that method raise for φ > 1."""
-    setup = ["from effnet_edu.widgets import PhiExplorer",
-             "explorer = PhiExplorer(phi=1.0, max_phi=2.0)"]
+    setup = [
+        "from effnet_edu.widgets import PhiExplorer",
+        "explorer = PhiExplorer(phi=1.0, max_phi=2.0)",
+    ]
     if break_method:
-        setup += [f"original = explorer.{break_method}",
-                  "def broken(*args):",
-                  "    if explorer.slider.value > 1.0:",
-                  "        raise ValueError('broken on purpose by the browser test')",
-                  "    return original(*args)",
-                  f"explorer.{break_method} = broken"]
+        setup += [
+            f"original = explorer.{break_method}",
+            "def broken(*args):",
+            "    if explorer.slider.value > 1.0:",
+            "        raise ValueError('broken on purpose by the browser test')",
+            "    return original(*args)",
+            f"explorer.{break_method} = broken",
+        ]
     notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
-    notebook.cells = [nbformat.v4.new_code_cell("\n".join(setup)),
-                      nbformat.v4.new_code_cell("explorer")]
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    notebook.cells = [
+        nbformat.v4.new_code_cell("\n".join(setup)),
+        nbformat.v4.new_code_cell("explorer"),
+    ]
     nbformat.write(notebook, lab.server.root / name)
     return name
 
@@ -263,8 +286,9 @@ def test_detects_raising_slider_callback(lab: LabPage, reference_explorer, break
     press_on_slider(lab, slider, "ArrowRight")
     output = lab.cell_with(slider).locator(".widget-output")
     with pytest.raises(AssertionError):
-        lab.expect(output).to_contain_text(expected_summary(reference_explorer, 1.1),
-                                           timeout=10_000)
+        lab.expect(output).to_contain_text(
+            expected_summary(reference_explorer, 1.1), timeout=10_000
+        )
     deadline = time.monotonic() + REDRAW_TIMEOUT_S
     while True:  # the error reaches the page or the kernel's log a moment later
         try:
