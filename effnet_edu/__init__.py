@@ -8,6 +8,8 @@ Everything a notebook needs is importable from here:
     lite = ee.efficientnet_lite(0, pretrained=True); ee.predict(lite, photo)
 """
 
+__version__ = "0.2.0"
+
 from .attention import (
     ScoreSummary,
     attention_scores,
@@ -22,7 +24,7 @@ from .attention import (
     resolve_layer,
     summarize_scores,
 )
-from .blocks import MBConv, MemoryEfficientSiLU, SqueezeExcitation, stochastic_depth
+from .blocks import MBConv, SqueezeExcitation, stochastic_depth
 from .data import DATASET_NAMES, SyntheticObjects, class_names, get_dataset, plot_class_grid
 from .model import (
     BASELINE_STAGES,
@@ -30,11 +32,17 @@ from .model import (
     EfficientNet,
     EfficientNetConfig,
     StageConfig,
-    efficientnet,
     efficientnet_config,
-    efficientnet_lite,
     efficientnet_lite_config,
     scale_stages,
+)
+from .pretrained import (
+    IMAGENET_CATEGORIES,
+    efficientnet,
+    efficientnet_lite,
+    load_lukemelas_state_dict,
+    load_torchvision_state_dict,
+    predict,
 )
 from .profiling import (
     config_flops,
@@ -50,6 +58,7 @@ from .scaling import (
     BETA,
     GAMMA,
     OFFICIAL_VARIANTS,
+    VARIANTS,
     compound_coefficients,
     explain_official_variants,
     fit_phi,
@@ -58,71 +67,13 @@ from .scaling import (
     round_repeats,
 )
 from .training import TrainConfig, evaluate, fit, load_checkpoint, select_device
-from .weights import (
-    IMAGENET_CATEGORIES,
-    load_lukemelas_state_dict,
-    load_torchvision_state_dict,
-    predict,
-)
 
-__version__ = "0.1.0"
 
-__all__ = [
-    "ScoreSummary",
-    "attention_scores",
-    "cam_iou",
-    "energy_share",
-    "faithfulness",
-    "gradcam",
-    "layer_names",
-    "overlay",
-    "pointing_game",
-    "resize_cams",
-    "resolve_layer",
-    "summarize_scores",
-    "ALPHA",
-    "BASELINE_STAGES",
-    "BETA",
-    "DATASET_NAMES",
-    "EfficientNet",
-    "EfficientNetConfig",
-    "GAMMA",
-    "IMAGENET_CATEGORIES",
-    "LITE_VARIANTS",
-    "MBConv",
-    "MemoryEfficientSiLU",
-    "OFFICIAL_VARIANTS",
-    "SqueezeExcitation",
-    "StageConfig",
-    "SyntheticObjects",
-    "TrainConfig",
-    "class_names",
-    "compound_coefficients",
-    "config_flops",
-    "config_params",
-    "count_flops",
-    "count_macs",
-    "count_params",
-    "efficientnet",
-    "efficientnet_config",
-    "efficientnet_lite",
-    "efficientnet_lite_config",
-    "evaluate",
-    "explain_official_variants",
-    "fit",
-    "fit_phi",
-    "flops_multiplier",
-    "get_dataset",
-    "load_checkpoint",
-    "load_lukemelas_state_dict",
-    "load_torchvision_state_dict",
-    "measure_latency",
-    "plot_class_grid",
-    "predict",
-    "profile",
-    "round_filters",
-    "round_repeats",
-    "scale_stages",
-    "select_device",
-    "stochastic_depth",
-]
+def __getattr__(name: str):
+    if name == "MemoryEfficientSiLU":  # removed, with the reason
+        raise AttributeError(
+            "effnet_edu.MemoryEfficientSiLU was removed: torch.nn.SiLU already keeps only its "
+            "input for the backward pass, so it saved no memory (notebook 04 shows why). To save "
+            "training memory use efficientnet(..., gradient_checkpointing=True)."
+        )
+    raise AttributeError(f"module 'effnet_edu' has no attribute {name!r}")

@@ -7,7 +7,6 @@ EfficientNet (Tan & Le, 2019, Section 4 and Table 1):
     x (C_in) -> 1x1 expand (C_in * e) -> k x k depthwise, stride s -> SE -> 1x1 project (C_out)
       \\_________________________ + (only if s == 1 and C_in == C_out) _________________________/
 
-Used by: notebook 02 (MBConv step by step), assignment A2, and `effnet_edu.model`.
 """
 
 from __future__ import annotations
@@ -18,52 +17,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = ("silu", "memory_efficient_silu", "relu6")
-
-
-class _MemoryEfficientSiLUFunction(torch.autograd.Function):
-    """SiLU that saves only its input and recomputes sigmoid(x) in backward.
-
-    A hand-written x * torch.sigmoid(x) keeps x, sigmoid(x) and the product alive for the
-    backward pass; this keeps only x (the fix popularised by EfficientNet-PyTorch). PyTorch's own
-    `nn.SiLU` already does the same, so against it this saves nothing: measured in
-    benchmarks/README.md, per-stage activation checkpointing is what halves training memory.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return F.silu(x)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        # d/dx [x * s(x)] = s(x) + x * s(x) * (1 - s(x)) = s(x) * (1 + x * (1 - s(x))).
-        # aten's fused kernel computes exactly this in one pass; spelled out in Python it takes
-        # five passes and four activation-sized temporaries (slower, and a higher peak).
-        return torch.ops.aten.silu_backward(grad_output, x)
-
-
-class MemoryEfficientSiLU(nn.Module):
-    """Drop-in replacement for `nn.SiLU` with a smaller training memory footprint."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _MemoryEfficientSiLUFunction.apply(x)
+ACTIVATIONS = ("silu", "relu6")
+PADDINGS = ("symmetric", "tf_same")
 
 
 def make_activation(name: str) -> nn.Module:
-    """The activation module for a config name ("silu", "memory_efficient_silu" or "relu6")."""
+    """The activation module for a config name: "silu" (swish) or "relu6" (Lite)."""
     if name == "silu":
         return nn.SiLU(inplace=True)  # swish: x * sigmoid(x)
-    if name == "memory_efficient_silu":
-        return MemoryEfficientSiLU()
     if name == "relu6":
         return nn.ReLU6(inplace=True)  # EfficientNet-Lite: quantisation friendly
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 
-class Conv2dSame(nn.Conv2d):
-    """A convolution with TensorFlow's "SAME" padding, computed from the input size.
+class TFSamePadConv2d(nn.Conv2d):
+    """A convolution with TensorFlow's "SAME" padding, computed from each input's size.
+
+    Not PyTorch's ``padding="same"``, which keeps the size only at stride 1.
 
     TensorFlow pads so that out = ceil(in / stride), putting the odd extra pixel on the
     right/bottom. PyTorch's symmetric (k - 1) // 2 padding differs for stride-2 convolutions, and
@@ -100,38 +70,18 @@ class ConvBNActivation(nn.Module):
         padding: str = "symmetric",
     ):
         super().__init__()
-        if padding == "same":
-            self.conv = Conv2dSame(
-                in_channels, out_channels, kernel_size, stride, groups=groups, bias=False
-            )
-        elif padding == "symmetric":
-            self.conv = nn.Conv2d(
-                in_channels,
-                out_channels,
-                kernel_size,
-                stride,
-                padding=(kernel_size - 1) // 2,
-                groups=groups,
-                bias=False,
-            )
-        else:
-            raise ValueError(f"padding must be 'symmetric' or 'same', got {padding!r}")
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        conv, pad = (
+            (TFSamePadConv2d, 0) if padding == "tf_same" else (nn.Conv2d, (kernel_size - 1) // 2)
+        )
+        self.conv = conv(
+            in_channels, out_channels, kernel_size, stride, pad, groups=groups, bias=False
+        )
         self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
         self.act = make_activation(activation) if activation is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            self.conv.groups > 1
-            and torch.is_grad_enabled()
-            and x.device.type == "cpu"
-            and torch.is_autocast_enabled("cpu")
-        ):
-            # Training under CPU bf16 autocast: keep depthwise convolutions in fp32. oneDNN runs
-            # bf16 1x1 convolutions twice as fast (AMX) but the *backward* of a bf16 depthwise
-            # one slower than fp32; mixed this way B0 trains 1.3x faster than in fp32
-            # (benchmarks/README.md). Without gradients (inference) bf16 is faster throughout.
-            with torch.autocast("cpu", enabled=False):
-                return self.act(self.bn(self.conv(x.float())))
         return self.act(self.bn(self.conv(x)))
 
 

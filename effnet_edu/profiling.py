@@ -9,9 +9,6 @@ forward hooks, per image:
 (`torch.utils.flop_counter.FlopCounterMode` counts 2 FLOPs per multiply-add; the tests check we
 agree with it exactly.) BatchNorm, activations, pooling and the SE multiply are elementwise and
 left out, as in the paper.
-
-Used by: notebooks 01 and 03 (cost of scaling), 02 (cost of each block design), the
-benchmarks, assignment A1.
 """
 
 from __future__ import annotations
@@ -184,33 +181,22 @@ def count_flops(model: nn.Module, resolution: int | None = None) -> int:
 def config_flops(config, resolution: int | None = None) -> int:
     """Multiply-adds of one image, computed from the stage table alone (no model is built).
 
-    The same formula as `count_flops`, applied layer by layer on paper: instant, so sliders
-    and searches over thousands of configurations can use it. Tests check it equals
-    `count_flops` (and hence FlopCounterMode).
+    The same formula as `count_flops`, applied layer by layer on paper: instant, so sliders and
+    searches over thousands of configurations can use it. Both paddings give "same"-sized
+    outputs, ceil(size / stride).
     """
-    size = config.resolution if resolution is None else resolution
-
-    def conv(size, c_in, c_out, kernel=1, stride=1, groups=1):
-        out = math.ceil(size / stride)  # "same"-style output size, as both paddings give
-        return out, out * out * c_out * (c_in // groups) * kernel * kernel
-
-    size, total = conv(size, 3, config.stem_channels, 3, 2)
-    c_in = config.stem_channels
-    for stage in config.stages:
-        for j in range(stage.repeats):
-            stride = stage.stride if j == 0 else 1
-            block_in = c_in if j == 0 else stage.out_channels
-            expanded = block_in * stage.expand_ratio
-            if stage.expand_ratio != 1:
-                total += conv(size, block_in, expanded)[1]
-            size, macs = conv(size, expanded, expanded, stage.kernel_size, stride, expanded)
-            total += macs
-            if stage.se_ratio:  # two 1x1 convs on the pooled (1 x 1) map
-                squeeze = max(1, int(block_in * stage.se_ratio))
-                total += 2 * expanded * squeeze
-            total += conv(size, expanded, stage.out_channels)[1]
-        c_in = stage.out_channels
-    total += conv(size, c_in, config.head_channels)[1]
+    size = math.ceil((config.resolution if resolution is None else resolution) / 2)
+    total = size * size * config.stem_channels * 3 * 3 * 3  # the stem, stride 2
+    for _, _, b, _ in config.blocks():
+        expanded = b.in_channels * b.expand_ratio
+        if b.expand_ratio != 1:
+            total += size * size * b.in_channels * expanded  # 1x1 expansion
+        size = math.ceil(size / b.stride)
+        total += size * size * expanded * b.kernel_size**2  # depthwise: one filter a channel
+        if b.se_ratio:  # two 1x1 convs on the pooled (1 x 1) map
+            total += 2 * expanded * max(1, int(b.in_channels * b.se_ratio))
+        total += size * size * expanded * b.out_channels  # 1x1 projection
+    total += size * size * config.stages[-1].out_channels * config.head_channels
     return total + config.head_channels * config.num_classes
 
 
@@ -225,20 +211,16 @@ def config_params(config) -> int:
         return c_in // groups * kernel * kernel * c_out + 2 * c_out
 
     total = conv_bn(3, config.stem_channels, 3)
-    c_in = config.stem_channels
-    for stage in config.stages:
-        for j in range(stage.repeats):
-            block_in = c_in if j == 0 else stage.out_channels
-            expanded = block_in * stage.expand_ratio
-            if stage.expand_ratio != 1:
-                total += conv_bn(block_in, expanded)
-            total += conv_bn(expanded, expanded, stage.kernel_size, groups=expanded)
-            if stage.se_ratio:
-                squeeze = max(1, int(block_in * stage.se_ratio))
-                total += (expanded * squeeze + squeeze) + (squeeze * expanded + expanded)
-            total += conv_bn(expanded, stage.out_channels)
-        c_in = stage.out_channels
-    total += conv_bn(c_in, config.head_channels)
+    for _, _, b, _ in config.blocks():
+        expanded = b.in_channels * b.expand_ratio
+        if b.expand_ratio != 1:
+            total += conv_bn(b.in_channels, expanded)
+        total += conv_bn(expanded, expanded, b.kernel_size, groups=expanded)
+        if b.se_ratio:
+            squeeze = max(1, int(b.in_channels * b.se_ratio))
+            total += 2 * expanded * squeeze + squeeze + expanded  # weights and biases
+        total += conv_bn(expanded, b.out_channels)
+    total += conv_bn(config.stages[-1].out_channels, config.head_channels)
     return total + config.head_channels * config.num_classes + config.num_classes
 
 
@@ -253,6 +235,7 @@ def measure_latency(
 ) -> dict[str, float]:
     """Median wall-clock time of an inference forward pass, in milliseconds, and images/s.
 
+    The model is measured on `device` and put back where and as it was (device, layout, mode).
     Timings vary from run to run and machine to machine: report them with the machine.
     """
     resolution = _resolution_of(model, resolution)
@@ -262,7 +245,7 @@ def measure_latency(
             f"{repeats}, {warmup}"
         )
     device = torch.device(device)
-    was_training = model.training
+    was_training, home = model.training, next(model.parameters()).device
     model.eval().to(device)
     x = torch.randn(batch_size, 3, resolution, resolution, device=device)
     if channels_last:
@@ -279,6 +262,7 @@ def measure_latency(
                 torch.cuda.synchronize(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    model.train(was_training)
+    layout = torch.contiguous_format if channels_last else torch.preserve_format
+    model.train(was_training).to(home, memory_format=layout)
     median = statistics.median(times)
     return {"ms": median * 1e3, "images_per_s": batch_size / median, "batch_size": batch_size}

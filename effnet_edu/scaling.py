@@ -11,10 +11,8 @@ so that the FLOPs, which grow as d * w**2 * r**2, grow by about 2 ** phi.
 
 Real networks need whole channels and whole layers, so the multipliers are rounded
 (`round_filters`, `round_repeats`) exactly as the official TensorFlow implementation does.
-The released B0-B7 do not sit exactly on the alpha**phi, beta**phi, gamma**phi curve:
-`explain_official_variants` measures by how much.
-
-Used by: notebooks 01 (scaling dimensions) and 03 (compound scaling), assignment A1.
+`VARIANTS` is the table of released models; B0-B7 do not sit exactly on the alpha**phi,
+beta**phi, gamma**phi curve, and `explain_official_variants` measures by how much.
 """
 
 from __future__ import annotations
@@ -29,17 +27,32 @@ BASE_RESOLUTION = 224
 
 @dataclass(frozen=True)
 class Variant:
-    """One released EfficientNet: the multipliers as published (not alpha**phi ...)."""
+    """One released model with every setting it was released with (not alpha**phi ...).
+
+    B0-B7 from the official `efficientnet_builder.py`, Lite0-4 from `efficientnet_lite_builder.py`
+    (torchvision and the Lite reference use the same numbers). BatchNorm and padding follow the
+    weights we load: torchvision trained B0-B4 in PyTorch (eps 1e-5, momentum 0.1) and ported
+    B5-B7 from TensorFlow (eps 1e-3, momentum 0.01 = TF's decay 0.99), as Lite's weights, which
+    also need TF "same" padding ("tf_same").
+    """
 
     name: str
     width: float
     depth: float
     resolution: int
     dropout: float
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    padding: str = "symmetric"
+    activation: str = "silu"
+    se: bool = True  # squeeze-and-excitation in every block
+    # Lite: stem and head keep B0's widths, first and last stages B0's repeats.
+    fixed_ends: bool = False
 
 
-# The official table (tensorflow/tpu efficientnet_builder.py; torchvision uses the same numbers).
-OFFICIAL_VARIANTS: dict[str, Variant] = {
+_TF_BN = {"bn_eps": 1e-3, "bn_momentum": 0.01}
+_LITE = {**_TF_BN, "padding": "tf_same", "activation": "relu6", "se": False, "fixed_ends": True}
+VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant("b0", 1.0, 1.0, 224, 0.2),
@@ -47,31 +60,37 @@ OFFICIAL_VARIANTS: dict[str, Variant] = {
         Variant("b2", 1.1, 1.2, 260, 0.3),
         Variant("b3", 1.2, 1.4, 300, 0.3),
         Variant("b4", 1.4, 1.8, 380, 0.4),
-        Variant("b5", 1.6, 2.2, 456, 0.4),
-        Variant("b6", 1.8, 2.6, 528, 0.5),
-        Variant("b7", 2.0, 3.1, 600, 0.5),
+        Variant("b5", 1.6, 2.2, 456, 0.4, **_TF_BN),
+        Variant("b6", 1.8, 2.6, 528, 0.5, **_TF_BN),
+        Variant("b7", 2.0, 3.1, 600, 0.5, **_TF_BN),
+        Variant("lite0", 1.0, 1.0, 224, 0.2, **_LITE),
+        Variant("lite1", 1.0, 1.1, 240, 0.2, **_LITE),
+        Variant("lite2", 1.1, 1.2, 260, 0.3, **_LITE),
+        Variant("lite3", 1.2, 1.4, 280, 0.3, **_LITE),
+        Variant("lite4", 1.4, 1.8, 300, 0.3, **_LITE),
     )
 }
+# The compound-scaled family of the paper (Table 2): what `fit_phi` and the explorers look at.
+OFFICIAL_VARIANTS = {k: v for k, v in VARIANTS.items() if k.startswith("b")}
 
 
-def check_phi(phi: float, name: str = "phi") -> float:
-    """Return phi as a float, or raise if it is not a finite number >= 0."""
-    if isinstance(phi, bool) or not isinstance(phi, (int, float)):
-        raise TypeError(f"{name} must be a real number >= 0, got {phi!r} ({type(phi).__name__})")
-    if not math.isfinite(phi) or phi < 0:
-        raise ValueError(f"{name} must be a finite number >= 0 (0 is the B0 baseline), got {phi!r}")
-    return float(phi)
+def check_number(value, name: str, minimum: float, *, strict: bool = False, hint: str = ""):
+    """`value` as a float if it is a finite real number >= `minimum` (> with `strict`), else raise.
 
-
-def _check_base(value: float, name: str) -> float:
+    The one check behind every multiplier and probability of the package, so that every error
+    names the parameter, the value and what is valid.
+    """
+    valid = f"a finite number {'>' if strict else '>='} {minimum:g}{hint}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number >= 1, got {value!r}")
-    if not math.isfinite(value) or value < 1:
-        raise ValueError(
-            f"{name} must be a finite number >= 1 (the paper requires alpha, beta, gamma >= 1), "
-            f"got {value!r}"
-        )
+        raise TypeError(f"{name} must be {valid}, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        raise ValueError(f"{name} must be {valid}, got {value!r}")
     return float(value)
+
+
+def check_phi(phi: float) -> float:
+    """phi as a float, or raise if it is not a finite number >= 0."""
+    return check_number(phi, "phi", 0, hint=" (0 is the baseline)")
 
 
 def compound_coefficients(
@@ -83,8 +102,10 @@ def compound_coefficients(
     (1.2, 1.1, 1.15)
     """
     phi = check_phi(phi)
+    hint = " (the paper requires alpha, beta, gamma >= 1)"
     alpha, beta, gamma = (
-        _check_base(v, n) for v, n in ((alpha, "alpha"), (beta, "beta"), (gamma, "gamma"))
+        check_number(v, n, 1, hint=hint)
+        for v, n in ((alpha, "alpha"), (beta, "beta"), (gamma, "gamma"))
     )
     return alpha**phi, beta**phi, gamma**phi
 
@@ -107,10 +128,7 @@ def round_filters(channels: int, width: float, divisor: int = 8) -> int:
     >>> round_filters(32, 1.1), round_filters(40, 1.1), round_filters(320, 2.0)
     (32, 48, 640)
     """
-    if width <= 0 or not math.isfinite(width):
-        raise ValueError(f"width must be a finite number > 0, got {width!r}")
-    if divisor < 1:
-        raise ValueError(f"divisor must be a positive integer, got {divisor!r}")
+    width = check_number(width, "width", 0, strict=True)
     scaled = channels * width
     rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
     if rounded < 0.9 * scaled:  # the "10 % rule": never lose more than a tenth of the channels
@@ -124,8 +142,7 @@ def round_repeats(repeats: int, depth: float) -> int:
     >>> round_repeats(3, 1.1), round_repeats(4, 3.1)
     (4, 13)
     """
-    if depth <= 0 or not math.isfinite(depth):
-        raise ValueError(f"depth must be a finite number > 0, got {depth!r}")
+    depth = check_number(depth, "depth", 0, strict=True)
     return int(math.ceil(depth * repeats))
 
 
@@ -133,8 +150,8 @@ def round_repeats(repeats: int, depth: float) -> int:
 class VariantFit:
     """How well pure compound scaling explains one released variant.
 
-    `phi` is the least-squares fit in log space; the `*_ratio` fields are the released
-    multiplier divided by the pure one (1.0 means the release follows alpha**phi exactly).
+    `phi` is the least-squares fit in log space; `pure_*` are alpha**phi, beta**phi and
+    224 * gamma**phi, and a `*_ratio` is the released multiplier over the pure one (1.0: exact).
     """
 
     name: str
@@ -145,9 +162,18 @@ class VariantFit:
     pure_depth: float
     pure_width: float
     pure_resolution: float
-    depth_ratio: float
-    width_ratio: float
-    resolution_ratio: float
+
+    @property
+    def depth_ratio(self) -> float:
+        return self.depth / self.pure_depth
+
+    @property
+    def width_ratio(self) -> float:
+        return self.width / self.pure_width
+
+    @property
+    def resolution_ratio(self) -> float:
+        return self.resolution / self.pure_resolution
 
 
 def fit_phi(
@@ -184,20 +210,7 @@ def explain_official_variants(
     for v in OFFICIAL_VARIANTS.values():
         phi = fit_phi(v.depth, v.width, v.resolution, alpha, beta, gamma)
         d, w, r = compound_coefficients(phi, alpha, beta, gamma)
-        pure_resolution = BASE_RESOLUTION * r
         fits.append(
-            VariantFit(
-                name=v.name,
-                phi=phi,
-                depth=v.depth,
-                width=v.width,
-                resolution=v.resolution,
-                pure_depth=d,
-                pure_width=w,
-                pure_resolution=pure_resolution,
-                depth_ratio=v.depth / d,
-                width_ratio=v.width / w,
-                resolution_ratio=v.resolution / pure_resolution,
-            )
+            VariantFit(v.name, phi, v.depth, v.width, v.resolution, d, w, BASE_RESOLUTION * r)
         )
     return fits

@@ -1,10 +1,10 @@
-"""MBConv's rules: residual, squeeze width, stochastic depth, the memory-efficient swish."""
+"""MBConv's rules: residual, squeeze width, stochastic depth, TF padding, checkpointing."""
 
 import torch
 from torch import nn
 
 import effnet_edu as ee
-from effnet_edu.blocks import Conv2dSame, ConvBNActivation
+from effnet_edu.blocks import TFSamePadConv2d
 
 
 def test_residual_rule():
@@ -40,34 +40,8 @@ def test_stochastic_depth_drops_whole_samples_in_training_only():
     assert torch.equal(block(y), block(y))  # eval mode is deterministic
 
 
-def test_memory_efficient_silu_has_the_same_gradient():
-    x = torch.randn(64, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(ee.MemoryEfficientSiLU(), (x,))
-    y = x.detach().clone().requires_grad_()
-    nn.SiLU()(y).sum().backward()
-    x.grad = None
-    ee.MemoryEfficientSiLU()(x).sum().backward()
-    assert torch.allclose(x.grad, y.grad)
-
-
-def test_memory_efficient_model_matches_default():
-    plain = ee.efficientnet("b0", num_classes=5)
-    lean = ee.efficientnet("b0", num_classes=5, activation="memory_efficient_silu")
-    lean.load_state_dict(plain.state_dict())
-    plain, lean = plain.double(), lean.double()  # float64: a tight check on the gradients
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    plain.train()
-    lean.train()
-    torch.manual_seed(1)
-    plain(x).square().sum().backward()
-    torch.manual_seed(1)
-    lean(x).square().sum().backward()
-    for (name, p), q in zip(plain.named_parameters(), lean.parameters(), strict=True):
-        assert torch.allclose(p.grad, q.grad, atol=1e-9, rtol=1e-7), name
-
-
 def test_tf_same_padding_output_size_and_asymmetry():
-    conv = Conv2dSame(1, 1, 3, stride=2, bias=False)
+    conv = TFSamePadConv2d(1, 1, 3, stride=2, bias=False)
     nn.init.ones_(conv.weight)
     for size in (224, 225, 7, 8):
         assert conv(torch.zeros(1, 1, size, size)).shape[-1] == -(-size // 2)
@@ -110,23 +84,3 @@ def test_training_gradients_equal_torchvision():
     assert torch.allclose(
         ours.classifier.weight.grad, theirs.classifier[1].weight.grad, atol=1e-9, rtol=1e-9
     )
-
-
-def test_depthwise_convolutions_stay_fp32_under_cpu_autocast():
-    torch.manual_seed(0)
-    depthwise = ConvBNActivation(16, 16, kernel_size=3, groups=16).eval()
-    pointwise = ConvBNActivation(16, 32, kernel_size=1).eval()
-    x = torch.randn(2, 16, 8, 8)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert depthwise.conv(x).dtype == torch.bfloat16  # plain autocast would use bf16
-        y = depthwise(x)
-        z = pointwise(y)
-    assert y.dtype == torch.float32 and torch.equal(y, depthwise(x))  # exactly the fp32 result
-    assert z.dtype == torch.bfloat16  # 1x1 convolutions keep bf16 (fast on AMX)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert depthwise(x).dtype == torch.bfloat16  # inference: bf16 depthwise is fast
-    # Backward goes through both, and without autocast nothing changes.
-    x.requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        pointwise(depthwise(x)).float().sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -76,13 +76,14 @@ def test_profile_table_sums_to_totals():
     assert "| stage 6 | 4 x MBConv | 192x7x7 | 2,026,348 |" in rows.to_markdown()
 
 
-def test_latency_helper():
-    result = ee.measure_latency(
-        ee.efficientnet("b0", num_classes=10), resolution=64, batch_size=2, warmup=1, repeats=2
-    )
-    assert result["ms"] > 0 and result["images_per_s"] > 0
-    with pytest.raises(ValueError, match="batch_size >= 1"):
-        ee.measure_latency(ee.efficientnet("b0"), batch_size=0)
+def test_latency_leaves_the_model_as_it_was():
+    model = ee.efficientnet("b0", num_classes=10).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ee.measure_latency(model, resolution=64, warmup=0, repeats=1, channels_last=True)
+    assert model.training and model.stem.conv.weight.is_contiguous()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="batch_size >= 1.*got 0"):
+        ee.measure_latency(model, batch_size=0)
 
 
 def test_config_flops_equals_counted_flops():

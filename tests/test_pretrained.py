@@ -13,7 +13,7 @@ from skimage import data
 from torchvision.models import get_model, get_model_weights
 
 import effnet_edu as ee
-from effnet_edu.weights import lite_checkpoint_path
+from effnet_edu.pretrained import lite_checkpoint_path
 
 CATS = {"Egyptian cat", "tiger cat", "tabby"}
 
@@ -118,3 +118,13 @@ def test_strict_load_names_bad_keys():
 def test_predict_needs_pretrained_model():
     with pytest.raises(ValueError, match="predict needs a pretrained model"):
         ee.predict(ee.efficientnet("b0"), data.chelsea())
+
+
+def test_categories_come_from_torchvision_metadata_and_old_module_name_warns():
+    from torchvision.models import EfficientNet_B7_Weights
+
+    assert ee.IMAGENET_CATEGORIES == tuple(EfficientNet_B7_Weights.DEFAULT.meta["categories"])
+    sys.modules.pop("effnet_edu.weights", None)
+    with pytest.warns(DeprecationWarning, match="effnet_edu.pretrained"):
+        import effnet_edu.weights as old
+    assert old.load_torchvision_state_dict is ee.load_torchvision_state_dict
