@@ -18,8 +18,6 @@ mode is restored afterwards); its context manager swallows IndexError, so a clas
 not have would fail silently (we raise first); it calls `model.zero_grad()` and backpropagates
 (every parameter's `.grad` is restored); and it needs gradients, so it must not run under
 `torch.no_grad()` (we enable them locally).
-
-Used by: notebook 05 (GradCAM attention) and assignment A3.
 """
 
 from __future__ import annotations

@@ -4,8 +4,6 @@ The paper's Figure 3 scales B0 along one dimension at a time; its Table 7 and Fi
 single-dimension scaling with compound scaling at the *same* FLOPs. Here a small baseline is
 scaled to a few FLOP budgets in each of the four ways, every model is trained with the same
 recipe on the synthetic data, and accuracy is plotted against FLOPs.
-
-Used by: `effnet-edu scale-study`, notebooks 01 and 03, assignment A3.
 """
 
 from __future__ import annotations
@@ -235,7 +233,7 @@ def model_filename(family: str, target: float, seed: int) -> str:
 
 def _worker_init():
     # One thread per worker process: two processes with two threads each on two cores make
-    # every operator wait for a busy core (many times slower, see benchmarks/README.md).
+    # every operator wait for a busy core (many times slower, see docs/benchmarks.md).
     torch.set_num_threads(1)
 
 
