@@ -33,23 +33,18 @@ def make_activation(name: str) -> nn.Module:
 class TFSamePadConv2d(nn.Conv2d):
     """A convolution with TensorFlow's "SAME" padding, computed from each input's size.
 
-    Not PyTorch's ``padding="same"``, which keeps the size only at stride 1.
-
-    TensorFlow pads so that out = ceil(in / stride), putting the odd extra pixel on the
-    right/bottom. PyTorch's symmetric (k - 1) // 2 padding differs for stride-2 convolutions, and
-    weights trained in TensorFlow (EfficientNet-Lite) only reproduce their outputs with this.
+    Not PyTorch's ``padding="same"``, which keeps the size only at stride 1. TensorFlow pads so
+    that out = ceil(in / stride), the odd extra pixel on the right/bottom; PyTorch's symmetric
+    (k - 1) // 2 differs at stride 2, and weights trained in TensorFlow (EfficientNet-Lite) only
+    reproduce their outputs with this.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pads = []
-        for size, k, s, d in zip(
-            reversed(x.shape[-2:]),
-            reversed(self.kernel_size),
-            reversed(self.stride),
-            reversed(self.dilation),
-            strict=True,
-        ):  # F.pad wants (left, right, top, bottom): width first
-            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        pads = []  # F.pad wants (left, right, top, bottom): width first
+        for size, k, s in zip(
+            x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1], strict=True
+        ):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)  # EfficientNet: no dilation
             pads += [total // 2, total - total // 2]
         return super().forward(F.pad(x, pads))
 

@@ -417,9 +417,20 @@ class LabPage:
             f"a widget callback raised in the kernel (see {self.server.log}): {logged}"
         )
 
+    def sliders(self, label: str):
+        """The rendered sliders (ipywidgets 8, noUiSlider) whose description is `label`, in order.
+
+        The description is matched exactly: a readout such as "Lite1 · φ ≈ 0.44" does not make a
+        slider a φ slider.
+        """
+        description = self.page.locator(
+            ".widget-label", has_text=re.compile(f"^{re.escape(label)}$")
+        )
+        return self.page.locator(f"{PANEL} .widget-slider", has=description)
+
     def phi_sliders(self):
-        """The rendered φ sliders (ipywidgets 8, noUiSlider), in notebook order."""
-        return self.page.locator(f"{PANEL} .widget-slider", has_text="φ")
+        """The rendered sliders labelled φ (`PhiExplorer`), in notebook order."""
+        return self.sliders("φ")
 
     def cell_with(self, slider):
         """The code cell whose output holds `slider`."""
