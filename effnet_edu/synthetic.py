@@ -1,0 +1,359 @@
+"""A synthetic dataset, rendered on the fly, that needs each scaling dimension (Section 3.2).
+
+- **resolution**: four *textures* (plain, stripes, grid, hex), 4.8-6 px per period at 64 px:
+  clear from 48 px, faint at 32 px, removed below about 26 px, where they would be finer than
+  two pixels (beyond Nyquist), as a camera's anti-aliasing filter would.
+- **depth**: three *arrangements* (line, L, triangle) of three identical discs across the image:
+  up close every disc looks the same, only a large receptive field sees the layout.
+- **width**: 3 arrangements x 2 colour families x 4 textures = 24 classes to hold apart.
+The target (the three discs, the largest shapes) sits among smaller textured distractors, lines
+and smooth colour noise; each sample carries the target's mask (notebook 05 compares Grad-CAM
+with it). Notebooks 01, 03, 04, 05 and the scale study train on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+ARRANGEMENTS = ("line", "L", "triangle")  # where the three discs sit: needs receptive field
+COLOURS = ("warm", "cool")  # hue family of the discs: easy, one pixel is enough
+TEXTURES = ("plain", "stripes", "grid", "hex")  # fine pattern on the discs: needs resolution
+SPLITS = ("train", "val", "test")
+DEFAULT_NUM_SAMPLES = {"train": 10_000, "val": 2_000, "test": 2_000}
+MIN_SYNTHETIC_RESOLUTION = 16
+
+# Each texture is a sum of cosine gratings of one spatial frequency; they differ only in how many
+# gratings there are and at which angles (plain: none, stripes: one, grid: two at right angles,
+# hex: three at 60 degrees). Dividing by sqrt(count) gives every texture the same energy, so
+# "how much fine detail" cannot tell stripes, grid and hex apart -- only its shape can.
+_GRATING_ANGLES = torch.tensor(
+    [[0.0, 0, 0], [0, 0, 0], [0, math.pi / 2, 0], [0, math.pi / 3, 2 * math.pi / 3]]
+)
+_GRATING_WEIGHTS = torch.tensor([[0.0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]])
+_GRATING_WEIGHTS /= _GRATING_WEIGHTS.sum(dim=1, keepdim=True).clamp(min=1).sqrt()
+TEXTURE_PERIOD_PIXELS_AT_64 = (4.8, 6.0)  # period range, in pixels of a 64 px image
+TEXTURE_AMPLITUDE = 0.25  # +-brightness of a texture before the pixel blur
+PIXEL_BLUR_SIGMA = 0.5  # std of the Gaussian "lens", in pixels of the rendered image
+
+HUE_CENTRES = {"warm": 0.03, "cool": 0.60}  # red-orange and blue, hue in [0, 1)
+HUE_JITTER = 0.05
+PART_RADIUS = 0.21  # disc radius, in units where the image spans [-1, 1]
+PART_SPACING = 0.58  # distance between neighbouring discs (same units)
+SCALE_JITTER = (0.85, 1.1)  # both of the above are multiplied by one random factor
+DISTRACTOR_RADIUS = (0.09, 0.16)  # always smaller than the smallest disc (0.21 * 0.85 = 0.18)
+DISTRACTOR_SHAPES = ("disc", "ring", "triangle", "square")
+NUM_DISTRACTORS = 4  # slots; each is filled with probability 0.75
+NUM_LINES = 4  # slots; each is filled with probability 0.75
+_CHUNK = 240  # samples drawn per random generator: 10 of each class, see `_draw_scenes`
+_RENDER_PIXELS = 60 * 64 * 64  # pixels rendered at once (60 images of 64 x 64)
+
+
+def synthetic_classes() -> list[tuple[str, str, str]]:
+    """The 24 classes as (arrangement, colour, texture), in label order: labels 4k..4k+3 differ
+    only in texture, so a confusion matrix shows resolution trouble as 4x4 blocks."""
+    return [(a, c, t) for a in ARRANGEMENTS for c in COLOURS for t in TEXTURES]
+
+
+def synthetic_class_groups() -> dict[str, list[list[int]]]:
+    """Sets of classes that differ in one factor only, e.g. `groups["texture"][0] == [0, 1, 2, 3]`:
+    "texture" sets need resolution, "arrangement" sets a large receptive field (depth)."""
+    groups: dict[str, list[list[int]]] = {}
+    for position, factor in enumerate(("arrangement", "colour", "texture")):
+        siblings: dict[tuple, list[int]] = {}
+        for label, values in enumerate(synthetic_classes()):
+            siblings.setdefault(values[:position] + values[position + 1 :], []).append(label)
+        groups[factor] = list(siblings.values())
+    return groups
+
+
+def check_int(value, name: str, minimum: int, hint: str = "") -> int:
+    """`value` as an int if it is an integer >= `minimum`, else a ValueError that names it."""
+    valid = f"{name} must be an integer >= {minimum}{hint}, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{valid} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(valid)
+    return int(value)
+
+
+def check_split(split) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, SPLITS))}, got {split!r}")
+    return split
+
+
+def grating_contrast(period_pixels: torch.Tensor) -> torch.Tensor:
+    """How much of a cosine grating survives rendering: 0 beyond Nyquist (a period under 2 px would
+    alias into a false, coarser pattern), else a Gaussian blur's exp(-2 pi^2 sigma^2 / period^2)."""
+    response = torch.exp(-2 * math.pi**2 * PIXEL_BLUR_SIGMA**2 / period_pixels**2)
+    return torch.where(period_pixels > 2.0, response, torch.zeros_like(response))
+
+
+def texture_visibility(resolution: int) -> str:
+    """ "visible", "partly gone" or "gone": do the textures keep 2 pixels per period at R px?"""
+    shortest, longest = (p * resolution / 64 for p in TEXTURE_PERIOD_PIXELS_AT_64)
+    return "gone" if longest <= 2 else "partly gone" if shortest <= 2 else "visible"
+
+
+def edge_coverage(signed_distance: torch.Tensor, pixel: float) -> torch.Tensor:
+    """Fraction of a pixel inside a shape, from the signed distance (< 0 inside) to its edge."""
+    return (0.5 - signed_distance / pixel).clamp(0.0, 1.0)
+
+
+def band_coverage(distance: torch.Tensor, width: torch.Tensor, pixel: float) -> torch.Tensor:
+    """Fraction of a pixel covered by a band (a line) of `width` at `distance` from its centre: the
+    overlap of [d - p/2, d + p/2] with [-w/2, w/2], over p: thin lines are faint, not jagged."""
+    overlap = ((width + pixel) / 2 - distance.abs()).clamp(min=0.0)
+    return torch.minimum(overlap, width.clamp(max=pixel)) / pixel
+
+
+def hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """(...,) hue, saturation, value in [0, 1] -> (..., 3) RGB in [0, 1]."""
+    k = (torch.tensor([5.0, 3.0, 1.0]) + hue[..., None] * 6) % 6  # (..., 3)
+    ramp = torch.minimum(k, 4 - k).clamp(0.0, 1.0)
+    return value[..., None] * (1 - saturation[..., None] * ramp)
+
+
+def texture(x: torch.Tensor, y: torch.Tensor, shapes: dict, pixel: float) -> torch.Tensor:
+    """(B, H, W) zero-mean texture at x: (B, 1, W), y: (B, H, 1), blurred for `pixel`-sized pixels.
+    `shapes`: "texture" (B,) indexes `TEXTURES`; "period" (B,) in scene units; "angle" (B,) and
+    "phase" (B, 3), one per grating, in radians."""
+    kind, period = shapes["texture"], shapes["period"]
+    angles = shapes["angle"][:, None] + _GRATING_ANGLES[kind]  # (B, 3)
+    weights = _GRATING_WEIGHTS[kind] * grating_contrast(period / pixel)[:, None]  # (B, 3)
+    wavenumber = (2 * math.pi / period)[:, None]  # (B, 1)
+    kx, ky = wavenumber * angles.cos(), wavenumber * angles.sin()  # (B, 3) each
+    kx, ky, phase, weights = (t[:, :, None, None] for t in (kx, ky, shapes["phase"], weights))
+    value = 0.0
+    for i in range(3):  # one grating at a time: (B, H, W) tensors stay small
+        wave = torch.cos((kx[:, i] * x + phase[:, i]) + ky[:, i] * y)  # (B, H, W)
+        value = value + weights[:, i] * wave
+    return value
+
+
+def _draw_scenes(seed: int, split: str, chunk: int) -> dict[str, torch.Tensor]:
+    """Every random number of scenes [240 chunk, 240 (chunk + 1)), in units where the image spans
+    [-1, 1]. A generator per chunk: 1,000 samples are the first 1,000 of 10,000, at any resolution;
+    NumPy's SeedSequence makes nearby seeds and the three splits unrelated streams."""
+    state = np.random.SeedSequence([seed, SPLITS.index(split), chunk]).generate_state(1)
+    n, g = _CHUNK, torch.Generator().manual_seed(int(state[0]))
+
+    def uniform(low, high, *shape):
+        return low + (high - low) * torch.rand(n, *shape, generator=g)
+
+    label = torch.randperm(n, generator=g) % len(synthetic_classes())  # 10 of each class
+    arrangement = label // (len(COLOURS) * len(TEXTURES))
+    colour = label // len(TEXTURES) % len(COLOURS)
+    # The three discs: a fixed layout per arrangement (line, L, triangle), scaled, rotated, moved.
+    scale = uniform(*SCALE_JITTER)
+    radius = PART_RADIUS * scale  # (n,)
+    layouts = torch.tensor(
+        [[[-1.0, 0], [0, 0], [1, 0]], [[0, 0], [1, 0], [0, 1]], [[0, 0], [1, 0], [0.5, 0.75**0.5]]]
+    )
+    parts = layouts[arrangement] * (PART_SPACING * scale)[:, None, None]  # (n, 3, 2)
+    parts = parts + 0.02 * torch.randn(n, 3, 2, generator=g)  # hand-placed, not ruled
+    parts = parts - parts.mean(dim=1, keepdim=True)
+    rotation = uniform(0, 2 * math.pi)
+    cos, sin, (px, py) = rotation.cos()[:, None], rotation.sin()[:, None], parts.unbind(-1)
+    parts = torch.stack([cos * px - sin * py, sin * px + cos * py], dim=-1)
+    limit = (0.97 - radius)[:, None]  # every disc stays whole inside the image
+    low, high = -limit - parts.amin(dim=1), limit - parts.amax(dim=1)  # (n, 2) allowed shifts
+    parts = parts + (low + (high - low) * torch.rand(n, 2, generator=g))[:, None, :]
+    hue = torch.tensor([HUE_CENTRES[c] for c in COLOURS])[colour] + uniform(-HUE_JITTER, HUE_JITTER)
+    scene = {
+        "label": label,
+        "parts": parts,
+        "radius": radius,
+        "target_rgb": hsv_to_rgb(hue % 1.0, uniform(0.55, 0.9), uniform(0.45, 0.7)),  # (n, 3)
+        "texture": label % len(TEXTURES),
+        "period": uniform(*TEXTURE_PERIOD_PIXELS_AT_64) * 2 / 64,
+        "angle": uniform(0, math.pi),
+        "phase": uniform(0, 2 * math.pi, 3),
+        # background: a low-saturation colour plus two octaves of smooth colour noise
+        "background_rgb": hsv_to_rgb(uniform(0, 1), uniform(0.1, 0.4), uniform(0.35, 0.75)),
+        "noise_coarse": uniform(-0.5, 0.5, 3, 4, 4),
+        "noise_fine": uniform(-0.5, 0.5, 3, 8, 8),
+        # lines: x cos(angle) + y sin(angle) = offset
+        "line_on": torch.rand(n, NUM_LINES, generator=g) < 0.75,
+        "line_angle": uniform(0, math.pi, NUM_LINES),
+        "line_offset": uniform(-0.9, 0.9, NUM_LINES),
+        "line_width": uniform(0.012, 0.035, NUM_LINES),
+        "line_rgb": uniform(0, 1, NUM_LINES, 3),
+    }
+    # Distractors: smaller shapes with the same textures in any colour. Each takes the first of
+    # 8 candidate positions that keeps it off the three discs.
+    k = NUM_DISTRACTORS
+    d_radius = uniform(*DISTRACTOR_RADIUS, k)  # (n, k)
+    candidates = uniform(-0.9, 0.9, k, 8, 2)  # (n, k, 8, 2)
+    gap = (candidates[:, :, :, None, :] - parts[:, None, None, :, :]).norm(dim=-1)  # (n,k,8,3)
+    free = (gap > (radius[:, None, None, None] + d_radius[:, :, None, None] + 0.03)).all(-1)
+    first_free = free.float().argmax(dim=-1)  # (n, k); 0 when none is free (rare): overlap then
+    distractors = {
+        "on": torch.rand(n, k, generator=g) < 0.75,
+        "centre": candidates[torch.arange(n)[:, None], torch.arange(k), first_free],  # (n, k, 2)
+        "radius": d_radius,
+        "shape": torch.randint(len(DISTRACTOR_SHAPES), (n, k), generator=g),
+        "rotation": uniform(0, 2 * math.pi, k),
+        "rgb": hsv_to_rgb(uniform(0, 1, k), uniform(0.3, 0.9, k), uniform(0.35, 0.9, k)),
+        "texture": torch.randint(len(TEXTURES), (n, k), generator=g),
+        "period": uniform(*TEXTURE_PERIOD_PIXELS_AT_64, k) * 2 / 64,
+        "angle": uniform(0, math.pi, k),
+        "phase": uniform(0, 2 * math.pi, k, 3),
+    }
+    return scene | {f"distractor_{key}": value for key, value in distractors.items()}
+
+
+def _shape_signed_distance(dx: torch.Tensor, dy: torch.Tensor, shapes: dict) -> torch.Tensor:
+    """(N, C, C) signed distance (< 0 inside) at offsets dx: (N, 1, C), dy: (N, C, 1) from the
+    centres of `shapes` ("shape" indexes `DISTRACTOR_SHAPES`; "radius", "rotation": (N,) each).
+    Polygons are exact inside, close enough outside for anti-aliasing."""
+    shape, radius = shapes["shape"][:, None, None], shapes["radius"][:, None, None]  # (N, 1, 1)
+    rho = torch.sqrt(dx**2 + dy**2)  # (N, C, C)
+    theta = torch.atan2(dy, dx) - shapes["rotation"][:, None, None]
+    sides = torch.where(shape == DISTRACTOR_SHAPES.index("triangle"), 3.0, 4.0)
+    sector = 2 * math.pi / sides  # fold the angle into one side's sector, centred on its normal
+    corner = radius * torch.cos(math.pi / sides)  # `radius` reaches the corners
+    polygon = rho * torch.cos(torch.remainder(theta, sector) - sector / 2) - corner
+    disc = rho - 0.85 * radius  # a bit smaller than its `radius`: about as big as the others
+    ring = (rho - 0.75 * radius).abs() - 0.25 * radius
+    return torch.where(shape == 0, disc, torch.where(shape == 1, ring, polygon))
+
+
+def _render(scene: dict[str, torch.Tensor], resolution: int, distractors: bool):
+    """Scenes -> images (B, 3, R, R) float in [0, 1], target masks (B, 1, R, R) bool.
+
+    Each pixel is about the scene's average over its area (edges get their covered fraction,
+    textures are blurred by `grating_contrast`): sharp at 128 px, soft at 32 px, never aliased.
+    """
+    b, r = scene["label"].shape[0], resolution
+    pixel = 2 / r  # pixel size in scene units
+    centres = (torch.arange(r) + 0.5) * pixel - 1  # (R,) pixel centres in scene units
+    x, y = centres[None, None, :], centres[None, :, None]  # (1, 1, R), (1, R, 1): broadcast
+
+    def blend(canvas, alpha, colour):  # (B, 3, H, W), (B, H, W), (B, 3, H or 1, W or 1)
+        return torch.lerp(canvas, colour.expand_as(canvas), alpha[:, None])
+
+    # 1. background: a colour plus smooth noise, 4x4 and 8x8 grids of colours upsampled bilinearly
+    canvas = scene["background_rgb"][:, :, None, None].expand(b, 3, r, r)
+    for grid, strength in ((scene["noise_coarse"], 0.45), (scene["noise_fine"], 0.2)):
+        # (R, G) matrix M such that M @ grid @ M.T is the bilinear upsampling of `grid`
+        upsample = F.interpolate(torch.eye(grid.shape[-1])[:, None], size=r, mode="linear")[:, 0].T
+        canvas = canvas + strength * (upsample @ grid @ upsample.T)  # (B, 3, R, R)
+
+    if distractors:
+        # 2. random straight lines across the image
+        for i in range(NUM_LINES):
+            angle = scene["line_angle"][:, i, None, None]  # (B, 1, 1)
+            distance = (x * angle.cos() - scene["line_offset"][:, i, None, None]) + y * angle.sin()
+            width = (scene["line_width"][:, i] * scene["line_on"][:, i])[:, None, None]
+            coverage = band_coverage(distance, width, pixel)
+            canvas = blend(canvas, coverage, scene["line_rgb"][:, i, :, None, None])
+
+        # 3. distractors, each drawn in a small C x C window around it (far less work than the
+        #    whole image), all B * K windows in one batch, pasted into a canvas padded by C
+        k, c = NUM_DISTRACTORS, math.ceil(2 * DISTRACTOR_RADIUS[1] / pixel) + 3
+        d = {key[11:]: v.flatten(0, 1) for key, v in scene.items() if key.startswith("distractor")}
+        origin = torch.floor((d["centre"] - DISTRACTOR_RADIUS[1] + 1) / pixel).long() - 1
+        cols, rows = (origin[:, i, None] + torch.arange(c) for i in (0, 1))  # (B * K, C) pixels
+        wx = ((cols + 0.5) * pixel - 1)[:, None, :]  # (B * K, 1, C) scene coordinates
+        wy = ((rows + 0.5) * pixel - 1)[:, :, None]  # (B * K, C, 1)
+        centre = d["centre"][:, :, None, None]  # (B * K, 2, 1, 1)
+        signed = _shape_signed_distance(wx - centre[:, 0], wy - centre[:, 1], d)
+        alpha = edge_coverage(signed, pixel) * d["on"][:, None, None]  # (B * K, C, C)
+        shade = texture(wx, wy, d, pixel)  # (B * K, C, C)
+        colour = (d["rgb"][:, :, None, None] + TEXTURE_AMPLITUDE * shade[:, None]).clamp(0, 1)
+        windows = [t.unflatten(0, (b, k)).unbind(1) for t in (alpha, colour, rows + c, cols + c)]
+        padded = F.pad(canvas, (c, c, c, c))  # (B, 3, R + 2C, R + 2C)
+        batch, channel = torch.arange(b)[:, None, None, None], torch.arange(3)[None, :, None, None]
+        # one after the other: later distractors cover earlier ones
+        for alpha, colour, rows, cols in zip(*windows, strict=True):
+            index = (batch, channel, rows[:, None, :, None], cols[:, None, None, :])
+            padded[index] = blend(padded[index], alpha, colour)  # (B, 3, C, C)
+        canvas = padded[:, :, c : c + r, c : c + r]
+
+    # 4. the target: three discs on top of everything
+    parts = scene["parts"][:, :, :, None, None]  # (B, 3 discs, 2, 1, 1)
+    squared = [(x - parts[:, i, 0]) ** 2 + (y - parts[:, i, 1]) ** 2 for i in range(3)]
+    nearest = functools.reduce(torch.minimum, squared).sqrt()  # (B, R, R) to the nearest centre
+    signed = nearest - scene["radius"][:, None, None]
+    shade = texture(x, y, scene, pixel)  # (B, R, R)
+    colour = scene["target_rgb"][:, :, None, None] + TEXTURE_AMPLITUDE * shade[:, None]
+    canvas = blend(canvas, edge_coverage(signed, pixel), colour.clamp(0, 1))
+    return canvas.clamp(0, 1), (signed <= 0)[:, None]  # mask: the pixel's centre is in a disc
+
+
+class SyntheticObjects(Dataset):
+    """Three discs in a line, an L or a triangle, on a cluttered background: 24 classes.
+
+    Items are ``(image, label, mask)``: image (3, R, R) float32 in [0, 1] (then `transform`),
+    label in [0, 24), mask (1, R, R) float32, 1 on the target. The split is rendered once and kept
+    as `images` (N, 3, R, R) uint8, `labels` (N,), `masks` (N, 1, R, R) bool, and in pixels the
+    discs' `centres` (N, 3, 2) as (x, y), `radii` (N,), `boxes` (N, 4) as (x0, y0, x1, y1).
+    `classes` names the labels ("line-warm-stripes", ...), `class_factors` splits them into
+    (arrangement, colour, texture); `class_groups` is `synthetic_class_groups()`. A `seed` gives
+    the same bits (on one machine and PyTorch version), whatever `num_samples` and `resolution`
+    (the first n scenes are the same); `distractors=False` leaves out the shapes and lines.
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        num_samples: int | None = None,
+        resolution: int = 64,
+        seed: int = 0,
+        transform: Callable | None = None,
+        distractors: bool = True,
+    ):
+        self.split = check_split(split)
+        n = DEFAULT_NUM_SAMPLES[split] if num_samples is None else num_samples
+        self.num_samples = n = check_int(n, "num_samples", 1)
+        hint = " pixels (below that the discs are a pixel or two wide)"
+        self.resolution = r = check_int(resolution, "resolution", MIN_SYNTHETIC_RESOLUTION, hint)
+        self.seed = check_int(seed, "seed", 0)
+        if transform is not None and not callable(transform):
+            raise ValueError(f"transform must be a callable or None, got {transform!r}")
+        self.transform, self.distractors = transform, bool(distractors)
+        self.class_factors = synthetic_classes()
+        self.classes = ["-".join(factors) for factors in self.class_factors]
+        self.class_groups = synthetic_class_groups()
+        # One thread: for tensors this small, threads cost more than they save (the caller's setting
+        # is restored). A few dozen images at a time: small tensors stay in the CPU cache.
+        images, masks, batch = [], [], max(1, _RENDER_PIXELS // r**2)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            chunks = [_draw_scenes(seed, split, i) for i in range(-(-n // _CHUNK))]
+            scene = {key: torch.cat([chunk[key] for chunk in chunks])[:n] for key in chunks[0]}
+            for start in range(0, n, batch):
+                part = {key: value[start : start + batch] for key, value in scene.items()}
+                image, mask = _render(part, r, self.distractors)
+                images.append((image * 255).round_().to(torch.uint8))
+                masks.append(mask)
+        finally:
+            torch.set_num_threads(threads)
+        self.images, self.masks, self.labels = torch.cat(images), torch.cat(masks), scene["label"]
+        self.centres = (scene["parts"] + 1) / (2 / r)  # (N, 3, 2): scene units -> pixels
+        self.radii = scene["radius"] / (2 / r)  # (N,)
+        corners = self.centres - self.radii[:, None, None], self.centres + self.radii[:, None, None]
+        self.boxes = torch.cat([corners[0].amin(dim=1), corners[1].amax(dim=1)], dim=1)  # (N, 4)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int):
+        image = self.images[index].float() / 255  # (3, R, R)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index]), self.masks[index].float()
+
+    def __repr__(self) -> str:
+        return (
+            f"SyntheticObjects({self.split!r}, {self.num_samples}, {self.resolution}, {self.seed})"
+        )
