@@ -1,13 +1,11 @@
-"""Peak training memory of EfficientNet-B0: torchvision against effnet_edu's memory options.
+"""Peak training memory of EfficientNet-B0: torchvision against effnet_edu's memory option.
 
-Five configurations, the same batch of the same size for each:
+Three configurations, the same batch of the same size for each:
 
 - torchvision `efficientnet_b0()`;
-- effnet_edu `efficientnet("b0")` (its default: SiLU from autograd);
-- effnet_edu with ``activation="memory_efficient_silu"`` (SiLU that recomputes the sigmoid);
-- effnet_edu with ``gradient_checkpointing=True`` (keeps only each stage's input, recomputes the
-  rest in backward);
-- effnet_edu with both.
+- effnet_edu `efficientnet("b0")` (its default);
+- effnet_edu with ``gradient_checkpointing=True`` (per-stage activation checkpointing: keeps only
+  each stage's input, recomputes the rest in backward).
 
 What is measured: the memory a training step adds on top of what the model, the optimizer and the
 input batch already hold (activations saved for backward, gradients, optimizer state, temporary
@@ -23,11 +21,9 @@ buffers), at its peak.
 - CUDA: ``torch.cuda.max_memory_allocated()`` minus ``torch.cuda.memory_allocated()`` after the
   same setup (the caching allocator's counts of live tensors; the same child processes).
 
-    python benchmarks/bench_memory.py                  # B0, 224 px, batch 32 (CPU: ~2 minutes)
+    python benchmarks/bench_memory.py                  # B0, 224 px, batch 32
     python benchmarks/bench_memory.py --quick          # smoke run at 96 px, batch 8
     python benchmarks/bench_memory.py --out benchmarks/results_memory.md
-
-Used by: benchmarks/README.md (the results table).
 """
 
 from __future__ import annotations
@@ -56,6 +52,7 @@ from effnet_edu.training import (  # noqa: E402
     TrainConfig,
     autocast_dtype,
     build_optimizer,
+    depthwise_in_fp32,
     select_device,
 )
 
@@ -63,12 +60,7 @@ from effnet_edu.training import (  # noqa: E402
 CONFIGURATIONS: dict[str, dict | None] = {
     "torchvision efficientnet_b0": None,
     "effnet_edu default": {},
-    'effnet_edu activation="memory_efficient_silu"': {"activation": "memory_efficient_silu"},
     "effnet_edu gradient_checkpointing=True": {"gradient_checkpointing": True},
-    "effnet_edu memory_efficient_silu + gradient_checkpointing": {
-        "activation": "memory_efficient_silu",
-        "gradient_checkpointing": True,
-    },
 }
 BASELINE = "torchvision efficientnet_b0"
 TARGET_REDUCTION = 30.0  # percent, the project's target for its memory-saving option
@@ -128,16 +120,17 @@ def measure_one(
     else:
         baseline = current_rss_bytes()
     seconds = []
-    for _ in range(steps):
-        start = time.process_time()  # CPU time: robust to other programs on a shared machine
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = criterion(model(images).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds.append(time.process_time() - start)
+    with depthwise_in_fp32(model, device, dtype):  # what `fit` applies (acts on CPU bf16 only)
+        for _ in range(steps):
+            start = time.process_time()  # CPU time: robust to other programs on a shared machine
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = criterion(model(images).float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds.append(time.process_time() - start)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
     return {
         "name": name,

@@ -6,8 +6,8 @@ and are *interleaved*: every repeat times each configuration once, in alternatin
 a burst of machine noise hits both models of a pair. The ratio is computed per repeat (paired)
 and summarised by its median and its range over the repeats.
 
-    python benchmarks/bench_throughput.py                  # full run (2-core CPU: ~5-9 min)
-    python benchmarks/bench_throughput.py --quick          # smoke run at 96 px (under a minute)
+    python benchmarks/bench_throughput.py                  # full run
+    python benchmarks/bench_throughput.py --quick          # smoke run at 96 px
     python benchmarks/bench_throughput.py --threads 1 --clock cpu   # on a busy, shared machine
     python benchmarks/bench_throughput.py --out results.md          # also write the tables
 
@@ -15,19 +15,19 @@ Configurations (each for both models, unless stated):
 - NCHW, fp32: torchvision's out-of-the-box setting;
 - channels_last, fp32;
 - channels_last + autocast: the dtype `autocast_dtype(device, "auto")` picks (bf16 or fp16 on
-  GPUs), or bf16 on a CPU with native bf16 instructions; skipped where there is none;
+  GPUs, bf16 on a CPU with bf16 kernels); skipped where there is none;
+- CPU training under bf16 only: the same with `depthwise_in_fp32`, the CPU bf16 policy of `fit`
+  (generic hooks, applied to both models);
 - CUDA only: channels_last + autocast + `torch.compile`;
 - and the "out-of-the-box defaults" pair: effnet_edu as `effnet_edu.training.fit` trains by
-  default (read from `TrainConfig()`: its channels_last, amp and compile settings) against
-  torchvision's NCHW fp32; plus effnet_edu's mixed-precision opt-in against the same, when the
-  default does not already use it.
-
-Used by: benchmarks/README.md (the results tables).
+  default (read from `TrainConfig()`: its channels_last, amp and compile settings, and the CPU
+  bf16 policy where it acts) against torchvision's `efficientnet_b0()` as it comes (NCHW, fp32).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import os
@@ -52,6 +52,7 @@ from effnet_edu.training import (  # noqa: E402
     autocast_dtype,
     build_optimizer,
     cpu_supports_bf16,
+    depthwise_in_fp32,
     select_device,
 )
 
@@ -67,16 +68,21 @@ PARITY_TOLERANCE = 1e-4  # max |logit difference| in eval mode, as in tests/test
 
 @dataclass(frozen=True)
 class Setting:
-    """How a model is run: memory layout, autocast dtype (None: fp32), torch.compile or not."""
+    """How a model is run: memory layout, autocast dtype (None: fp32), torch.compile or not, and
+    whether `depthwise_in_fp32` (fit's CPU bf16 policy) is applied; it acts only on a CPU under
+    bf16 autocast, while training."""
 
     channels_last: bool
     amp: torch.dtype | None
     compile: bool = False
+    depthwise_fp32: bool = False
 
     @property
     def label(self) -> str:
         parts = ["channels_last" if self.channels_last else "NCHW"]
         parts.append(f"{str(self.amp).removeprefix('torch.')} autocast" if self.amp else "fp32")
+        if self.depthwise_fp32 and self.amp == torch.bfloat16:
+            parts.append("depthwise fp32")
         if self.compile:
             parts.append("torch.compile")
         return ", ".join(parts)
@@ -100,10 +106,13 @@ class Comparison:
     target: float | None = None  # the project's target for the ratio, if it has one
 
 
-def default_setting(device: torch.device) -> Setting:
-    """What `effnet_edu.training.fit` does when given no options (read from `TrainConfig`)."""
+def default_setting(device: torch.device, training: bool = True) -> Setting:
+    """What `effnet_edu.training.fit` does when given no options (read from `TrainConfig`); fit
+    always applies `depthwise_in_fp32`, which acts only on a CPU under bf16."""
     config = TrainConfig()
-    return Setting(config.channels_last, autocast_dtype(device, config.amp), config.compile)
+    amp = autocast_dtype(device, config.amp)
+    policy = training and device.type == "cpu" and amp == torch.bfloat16
+    return Setting(config.channels_last, amp, config.compile, depthwise_fp32=policy)
 
 
 def plan(device: torch.device, training: bool) -> list[Comparison]:
@@ -122,16 +131,30 @@ def plan(device: torch.device, training: bool) -> list[Comparison]:
             same_layout_target,
         ),
     ]
-    amp = mixed_precision_dtype(device)
+    amp = autocast_dtype(device, "auto")
     mixed = Setting(channels_last=True, amp=amp)
     if amp is not None:
-        rows.append(Comparison(f"{mixed.label} (both)", Cell(OURS, mixed), Cell(THEIRS, mixed)))
+        rows.append(
+            Comparison(
+                f"{mixed.label} (both)", Cell(OURS, mixed), Cell(THEIRS, mixed), same_layout_target
+            )
+        )
+        if training and device.type == "cpu" and amp == torch.bfloat16:
+            policy = Setting(channels_last=True, amp=amp, depthwise_fp32=True)
+            rows.append(
+                Comparison(
+                    f"{policy.label} (both)",
+                    Cell(OURS, policy),
+                    Cell(THEIRS, policy),
+                    same_layout_target,
+                )
+            )
         if device.type == "cuda":
             compiled = Setting(channels_last=True, amp=amp, compile=True)
             rows.append(
                 Comparison(f"{compiled.label} (both)", Cell(OURS, compiled), Cell(THEIRS, compiled))
             )
-    ours_default = default_setting(device)
+    ours_default = default_setting(device, training)
     rows.append(
         Comparison(
             f"out-of-the-box defaults: effnet_edu `fit` ({ours_default.label}) vs torchvision "
@@ -141,28 +164,7 @@ def plan(device: torch.device, training: bool) -> list[Comparison]:
             1.5 if training else None,
         )
     )
-    if amp is not None and mixed != ours_default:  # the mixed-precision opt-in, for comparison
-        name = (
-            str(amp).removeprefix("torch.").replace("bfloat16", "bf16").replace("float16", "fp16")
-        )
-        rows.append(
-            Comparison(
-                f'effnet_edu `fit(amp="{name}")` ({mixed.label}) vs torchvision '
-                f"({fp32_nchw.label})",
-                Cell(OURS, mixed),
-                Cell(THEIRS, fp32_nchw),
-            )
-        )
     return rows
-
-
-def mixed_precision_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype worth timing here: what amp="auto" picks, else bf16 on a CPU with
-    native bf16 (where `fit` may leave it opt-in), else none."""
-    amp = autocast_dtype(device, "auto")
-    if amp is None and device.type == "cpu" and cpu_supports_bf16():
-        amp = torch.bfloat16
-    return amp
 
 
 # ----------------------------------------------------------------------------- models
@@ -206,6 +208,9 @@ class Runner:
         self.optimizer = build_optimizer(self.model, config) if training else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.call = torch.compile(self.model) if setting.compile else self.model
+        self.hooks = contextlib.ExitStack()  # the CPU bf16 policy, for this runner's lifetime
+        if setting.depthwise_fp32:
+            self.hooks.enter_context(depthwise_in_fp32(self.model, device, setting.amp))
         generator = torch.Generator().manual_seed(1)
         images = torch.randn(batch_size, 3, resolution, resolution, generator=generator)
         self.images = images.to(device).contiguous(memory_format=memory_format)
@@ -341,8 +346,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_has(feature: str) -> bool:
+    """Whether torch sees the CPU feature (e.g. "avx512_bf16", "amx_tile")."""
+    check = getattr(torch.cpu, f"_is_{feature}_supported", None)
+    return bool(check and check())
+
+
 def machine_description(device: torch.device) -> str:
-    bf16 = "native bf16" if cpu_supports_bf16() else "no native bf16"
+    native = [n for n, f in (("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_tile")) if cpu_has(f)]
+    kernels = "oneDNN bf16 kernels" if cpu_supports_bf16() else "no oneDNN bf16 kernels"
+    bf16 = f"{kernels}; bf16 instructions: {', '.join(native) or 'none'}"
     parts = [
         f"CPU {cpu_model()}, {os.cpu_count()} cores ({bf16}; torch threads: "
         f"{torch.get_num_threads()})"

@@ -1,23 +1,17 @@
-"""Training engine: `fit` and `evaluate`, GPU-first, resumable, distributed-ready.
+"""Training engine: `fit` and `evaluate` (notebooks 01, 03-05 and `effnet-edu train`).
 
-What a real EfficientNet training loop needs, in one readable file:
-- device auto-detection (cuda > mps > cpu), mixed precision (bf16 where supported, else fp16 with
-  a gradient scaler), channels_last memory layout, optional `torch.compile`;
-- the paper's optimiser settings (RMSProp, TF style) next to SGD and AdamW, linear warm-up then
-  cosine or step decay (0.97 every 2.4 epochs), label smoothing, weight EMA;
-- checkpoints written atomically every epoch and when interrupted, resumable to the step, never
-  overwriting a user's earlier run unless asked; loaded with ``weights_only=True``;
-- DistributedDataParallel under ``torchrun`` (rank 0 logs and writes checkpoints).
-
-Used by: notebooks 01, 03, 04 and 05, the `effnet-edu train` and `scale-study` commands.
+Each piece has a name: device and mixed precision (with the CPU bf16 policy), the paper's recipe
+(Section 5.2), the loader, one epoch, evaluation, the weight EMA, and checkpoints that are atomic,
+resumable at the last completed step and never overwrite an earlier run unless asked.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,44 +19,32 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, Sampler
 
 OPTIMIZERS = ("sgd", "adamw", "rmsprop", "rmsprop_tf")
 SCHEDULES = ("cosine", "step", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-# ----------------------------------------------------------------------------- devices
+CHECKPOINT_FORMAT = 2
+LOG_EVERY = 10  # steps between reads of the running loss (a host-device sync) and NaN checks
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:
     """ "auto" picks cuda, then mps, then cpu; an explicit choice must be available."""
-    if isinstance(device, torch.device):
-        device = str(device)
+    device, mps = str(device), torch.backends.mps.is_available()
     if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     kind = device.split(":")[0]
     if kind not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {device!r} was requested but CUDA is not available here; "
-            f"use device='auto' or 'cpu'"
-        )
-    if kind == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise ValueError("device 'mps' was requested but Apple's MPS is not available here")
+    if (kind == "cuda" and not torch.cuda.is_available()) or (kind == "mps" and not mps):
+        raise ValueError(f"device {device!r} was requested but is not available here; use 'auto'")
     return torch.device(device)
 
 
 def cpu_supports_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX), where autocast pays off."""
+    """True when oneDNN has bf16 kernels here (AVX-512 or Arm; native with AVX512-BF16, AMX)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -70,37 +52,52 @@ def cpu_supports_bf16() -> bool:
 
 
 def autocast_dtype(device: torch.device, amp: str | bool = "auto") -> torch.dtype | None:
-    """The mixed-precision dtype for `device`, or None for full fp32.
-
-    "auto": bf16 on GPUs that support it, else fp16 (with a gradient scaler); on a CPU, bf16 when
-    it computes bf16 natively (`cpu_supports_bf16`: AVX512-BF16 or AMX), else fp32; fp32 on Apple
-    GPUs. On such a CPU, B0 at 224 px trains 1.3x faster in bf16 than in fp32 and small models
-    at 48 px as fast, because `ConvBNActivation` keeps depthwise convolutions in fp32 under CPU
-    autocast (plain bf16 everywhere would halve the speed of small models).
-    "bf16"/"fp16" force a dtype, "off" disables AMP.
-    """
-    if amp is True:
-        amp = "auto"
-    if amp is False or amp is None:
-        amp = "off"
+    """The autocast dtype for `device` (None: fp32). "auto": bf16 on GPUs that support it, else
+    fp16 (with a gradient scaler); bf16 on CPUs with bf16 kernels (`cpu_supports_bf16`), else
+    fp32, as on Apple GPUs. "bf16"/"fp16" force a dtype; "off" is deterministic fp32."""
+    amp = {True: "auto", False: "off", None: "off"}.get(amp, amp)
     if amp not in AMP_MODES:
         raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
-    if amp == "off":
-        return None
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        if device.type == "cpu":
-            raise ValueError("amp='fp16' is for GPUs; on a CPU use amp='bf16' or 'off'")
-        return torch.float16
+    if amp == "fp16" and device.type == "cpu":
+        raise ValueError("amp='fp16' is for GPUs; on a CPU use amp='bf16' or 'off'")
+    if amp != "auto":
+        return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_supports_bf16():
-        return torch.bfloat16
-    return None
+    return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
 
 
-# ----------------------------------------------------------------------------- configuration
+@contextlib.contextmanager
+def depthwise_in_fp32(model: nn.Module, device: torch.device, dtype: torch.dtype | None):
+    """The CPU bf16 policy: while training under CPU bf16 autocast, run the depthwise convolutions
+    (any `nn.Conv2d` with groups > 1) in fp32. bf16 speeds up matrix products such as the 1x1
+    convolutions, but a depthwise one does only k^2 multiply-adds per output and oneDNN's bf16
+    kernel for its backward is slower than fp32's. Hooks switch autocast off around each one and
+    cast its input to fp32 (BatchNorm and activation follow, up to the next 1x1 convolution).
+    Only for `device` cpu and `dtype` bf16, only with gradients on; removed on exit."""
+    switched_off = []  # the convolution now running with autocast off
+
+    def before(module, args):
+        if torch.is_grad_enabled() and torch.is_autocast_enabled("cpu"):
+            torch.set_autocast_enabled("cpu", False)
+            switched_off.append(module)
+            return (args[0].float(), *args[1:])
+
+    def after(module, args, output):  # runs even when the forward raised (always_call)
+        if switched_off and switched_off[-1] is module:
+            torch.set_autocast_enabled("cpu", True)
+            switched_off.pop()
+
+    handles = []
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1):
+            handles.append(conv.register_forward_pre_hook(before))
+            handles.append(conv.register_forward_hook(after, always_call=True))
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @dataclass
@@ -109,7 +106,7 @@ class TrainConfig:
 
     epochs: int = 5
     batch_size: int = 64
-    lr: float = 0.05  # for SGD at this batch size; scaled by batch_size / 256 if lr_per_256
+    lr: float = 0.05  # for SGD at this batch size
     optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-5
@@ -132,51 +129,38 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        def positive_int(name, value, minimum=1):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        def whole(value, minimum):  # an int (not a bool) >= minimum
+            return type(value) is int and value >= minimum
 
-        positive_int("epochs", self.epochs)
-        positive_int("batch_size", self.batch_size)
-        positive_int("num_workers", self.num_workers, minimum=0)
-        if self.steps_per_epoch is not None:
-            positive_int("steps_per_epoch", self.steps_per_epoch)
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay!r}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
+        lr, steps, ema = self.lr, self.steps_per_epoch, self.ema_decay
+        finite_lr = type(lr) in (int, float) and math.isfinite(lr) and lr > 0
+        rules = [
+            ("epochs", "an integer >= 1", whole(self.epochs, 1)),
+            ("batch_size", "an integer >= 1", whole(self.batch_size, 1)),
+            ("num_workers", "an integer >= 0", whole(self.num_workers, 0)),
+            ("steps_per_epoch", "None or an integer >= 1", steps is None or whole(steps, 1)),
+            ("lr", "a finite number > 0", finite_lr),
+            ("optimizer", f"one of {OPTIMIZERS}", self.optimizer in OPTIMIZERS),
+            ("schedule", f"one of {SCHEDULES}", self.schedule in SCHEDULES),
+            ("amp", f"one of {AMP_MODES}", self.amp in AMP_MODES),
+            ("label_smoothing", "in [0, 1)", 0 <= self.label_smoothing < 1),
+            ("ema_decay", "None or in (0, 1)", ema is None or 0 < ema < 1),
+            ("warmup_epochs", ">= 0", self.warmup_epochs >= 0),
+        ]
+        for name, valid, ok in rules:
+            if not ok:
+                raise ValueError(f"{name} must be {valid}, got {getattr(self, name)!r}")
 
 
-@dataclass
-class History:
-    """Per-epoch records (loss, accuracy, val_loss, val_accuracy, lr, images_per_s, seconds)."""
+class History(list):
+    """The per-epoch records (loss, accuracy, val_loss, val_accuracy, lr, images_per_s, seconds):
+    `history[-1]` is the last epoch's, `history["loss"]` a list over epochs."""
 
-    epochs: list[dict] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.epochs)
+    epochs = property(list)  # the records, as a plain list
+    last = property(lambda self: self[-1])
 
     def __getitem__(self, key):
-        if isinstance(key, str):  # history["val_accuracy"] -> a list over epochs
-            return [e.get(key) for e in self.epochs]
-        return self.epochs[key]
-
-    @property
-    def last(self) -> dict:
-        return self.epochs[-1]
-
-
-# ----------------------------------------------------------------------------- distributed
+        return [e.get(key) for e in self] if isinstance(key, str) else super().__getitem__(key)
 
 
 def distributed_info() -> tuple[int, int]:
@@ -187,85 +171,58 @@ def distributed_info() -> tuple[int, int]:
 
 
 def init_distributed() -> tuple[int, int, int]:
-    """Join the process group that `torchrun` describes in the environment.
-
-    Returns (rank, local_rank, world_size); (0, 0, 1) when not launched by torchrun.
-    NCCL on GPUs, gloo on CPUs.
-    """
+    """Join the process group that `torchrun` describes in the environment (NCCL on GPUs, gloo
+    on CPUs). Returns (rank, local_rank, world_size); (0, 0, 1) when not launched by torchrun."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 0, 1
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available()
-    if use_cuda:
+    local_rank, cuda = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.is_available()
+    if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
     return dist.get_rank(), local_rank, dist.get_world_size()
 
 
 class EpochSampler(Sampler[int]):
-    """A shuffled order that depends only on (seed, epoch): reproducible, shardable, skippable.
+    """An order that depends only on (seed, epoch): rank r of `world_size` takes every
+    world_size-th index of one permutation, at most `length` of them; `set_epoch(epoch, skip)`
+    drops the first `skip`, which is how a resumed run continues mid-epoch."""
 
-    Each of `world_size` ranks takes every world_size-th index of the same permutation (padded
-    by wrapping so that all ranks get as many); `skip` drops the first samples of this rank's
-    share, which is how a run resumed mid-epoch continues with exactly the batches it missed.
-    """
+    def __init__(self, size, seed=0, rank=0, world_size=1, length=None):
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch, self.skip = 0, 0
+        self.per_rank = math.ceil(size / world_size)
+        self.length = self.per_rank if length is None else min(length, self.per_rank)
 
-    def __init__(
-        self,
-        size: int,
-        seed: int,
-        epoch: int,
-        rank: int = 0,
-        world_size: int = 1,
-        skip: int = 0,
-        shuffle: bool = True,
-    ):
-        self.size, self.seed, self.epoch = size, seed, epoch
-        self.rank, self.world_size, self.skip, self.shuffle = rank, world_size, skip, shuffle
-
-    def _indices(self) -> list[int]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.size, generator=generator).tolist()
-        else:
-            order = list(range(self.size))
-        per_rank = math.ceil(self.size / self.world_size)
-        order += order[: per_rank * self.world_size - self.size]  # pad so all ranks match
-        return order[self.rank :: self.world_size][self.skip :]
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self):
-        return iter(self._indices())
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        order += order[: self.per_rank * self.world_size - self.size]  # all ranks get as many
+        return iter(order[self.rank :: self.world_size][self.skip : self.length])
 
     def __len__(self) -> int:
-        return max(0, math.ceil(self.size / self.world_size) - self.skip)
-
-
-# ----------------------------------------------------------------------------- pieces
+        return max(0, self.length - self.skip)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov), AdamW, RMSProp, or RMSProp with the paper's TensorFlow settings.
-
-    No weight decay on BatchNorm parameters and biases (standard practice, and what the TF
-    reference does).
-    """
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+    """SGD (Nesterov), AdamW, RMSProp, or RMSProp with the paper's TensorFlow settings (Section
+    5.2: decay 0.9, momentum 0.9, epsilon 1e-3). No weight decay on BatchNorm parameters and
+    biases (as in the TF reference)."""
+    params = [p for p in model.parameters() if p.requires_grad]
     groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
     ]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=config.lr, momentum=config.momentum)
-    # Paper (Section 5.2): RMSProp decay 0.9, momentum 0.9, epsilon 1e-3.
-    return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-3, momentum=0.9)
+    optimizer, options = {
+        "sgd": (torch.optim.SGD, {"momentum": config.momentum, "nesterov": True}),
+        "adamw": (torch.optim.AdamW, {}),
+        "rmsprop": (torch.optim.RMSprop, {"momentum": config.momentum}),
+        "rmsprop_tf": (torch.optim.RMSprop, {"alpha": 0.9, "eps": 1e-3, "momentum": 0.9}),
+    }[config.optimizer]
+    return optimizer(groups, lr=config.lr, **options)
 
 
 def lr_multiplier(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
@@ -281,392 +238,317 @@ def lr_multiplier(step: int, steps_per_epoch: int, config: TrainConfig) -> float
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+class ExponentialMovingAverage:
+    """A moving average of a model's weights and buffers: ema = d * ema + (1 - d) * weights,
+    with the official code's warm-up d = min(decay, (1 + t) / (10 + t)), t the updates so far
+    (TensorFlow's `ExponentialMovingAverage(decay, num_updates)`). Integer buffers are copied."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module, self.decay, self.updates = copy.deepcopy(model).eval(), decay, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        pairs = zip(self.module.state_dict().values(), model.state_dict().values(), strict=True)
+        for ema, now in pairs:
+            if ema.is_floating_point():
+                ema.lerp_(now, 1.0 - decay)  # ema + (1 - d) * (now - ema)
+            else:
+                ema.copy_(now)
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint: truncated, corrupt, foreign, or another model's."""
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside DDP and/or torch.compile wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
+    while isinstance(model, nn.parallel.DistributedDataParallel) or hasattr(model, "_orig_mod"):
+        model = model._orig_mod if hasattr(model, "_orig_mod") else model.module
+    return model
 
 
 def model_signature(model: nn.Module) -> dict:
     """What identifies an architecture: the resolved config, or the class and shapes."""
     model = _unwrap(model)
-    config = getattr(model, "config", None)
-    if config is not None:
-        return {"class": type(model).__name__, **asdict(config)}
-    return {
-        "class": type(model).__name__,
-        "shapes": {k: tuple(v.shape) for k, v in model.state_dict().items()},
-    }
+    if getattr(model, "config", None) is not None:
+        return {"class": type(model).__name__, **asdict(model.config)}
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return {"class": type(model).__name__, "shapes": shapes}
 
 
-def _signature_differences(saved: dict, current: dict) -> list[str]:
-    keys = sorted(set(saved) | set(current))
-    return [
-        f"{k}: checkpoint {saved.get(k)!r:.60} vs model {current.get(k)!r:.60}"
-        for k in keys
-        if saved.get(k) != current.get(k)
-    ]
-
-
-def _atomic_save(obj, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(
-    path: str | os.PathLike, model: nn.Module | None = None, map_location="cpu"
-) -> tuple[nn.Module, dict]:
-    """Load a checkpoint written by `fit` (``weights_only=True``: tensors and plain data only),
-    or a compressed one written by `effnet-edu scale-study --save-models`.
-
-    With `model`, its architecture must match the checkpoint's; without, the model is rebuilt
-    from the config stored in the checkpoint. Returns (model, checkpoint dict); the model has
-    the EMA weights when the run kept an EMA, and is in eval mode.
-    """
-    path = Path(path)
-    if not path.is_file():
+def _read_checkpoint(path, map_location="cpu", model: nn.Module | None = None) -> dict:
+    """The checkpoint in `path`, read with weights_only=True (tensors and plain data: no code
+    runs); with `model`, its architecture must match. Errors name the file and what is wrong."""
+    if not Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    signature = checkpoint.get("model_signature", {})
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # a truncated zip, a text file, a pickle of other objects
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise CheckpointError(
+            f"{path} is truncated, corrupt or not a checkpoint: {reason}"
+        ) from None
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("model_signature"), dict)):
+        tensors = isinstance(checkpoint, dict) and all(map(torch.is_tensor, checkpoint.values()))
+        found = "a plain state_dict" if tensors else f"a {type(checkpoint).__name__}"
+        raise CheckpointError(f"{path} is not a checkpoint (no model_signature): it is {found}")
+    saved = checkpoint["model_signature"]
+    current = model_signature(model) if model is not None else None
+    if current is not None and saved != current:
+        keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        diff = "; ".join(f"{k}: {saved.get(k)!r:.60} vs {current.get(k)!r:.60}" for k in keys)
+        raise CheckpointError(f"{path} is for a different architecture (file vs model): {diff}")
+    return checkpoint
+
+
+def load_checkpoint(path, model: nn.Module | None = None, map_location="cpu"):
+    """(model in eval mode, checkpoint) from a checkpoint of `fit` or any dict with "model"
+    weights and a "model_signature". With `model`, its architecture must match; without, an
+    `EfficientNet` is rebuilt from the stored config. The weights are the EMA's if the run kept
+    one, cast to the model's dtype. A bad file raises `CheckpointError` naming it."""
+    checkpoint = _read_checkpoint(path, map_location, model)
+    weights = checkpoint.get("ema") or checkpoint.get("model")
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path} holds no model weights (no 'model' state_dict)")
     if model is None:
-        from .model import EfficientNet, EfficientNetConfig, StageConfig
+        from .model import EfficientNet, EfficientNetConfig
 
-        if signature.get("class") != "EfficientNet":
-            raise ValueError(f"{path} holds a {signature.get('class')!r}; pass model=... to load")
-        values = {k: v for k, v in signature.items() if k != "class"}
-        values["stages"] = tuple(StageConfig(**s) for s in values["stages"])
-        model = EfficientNet(EfficientNetConfig(**values))
-    else:
-        differences = _signature_differences(signature, model_signature(model))
-        if differences:
-            raise ValueError(
-                f"{path} was written for a different architecture: " + "; ".join(differences[:6])
-            )
-    if "model_compressed" in checkpoint:  # 4/8-bit weights, e.g. the scale study's models
-        from .compression import decompress_state_dict
-
-        weights = decompress_state_dict(checkpoint["model_compressed"])
-    else:
-        weights = checkpoint.get("ema") or checkpoint["model"]
-    _unwrap(model).load_state_dict(weights)
+        stored = dict(checkpoint["model_signature"])
+        if stored.pop("class", None) != "EfficientNet":
+            raise CheckpointError(f"{path} holds no EfficientNet; pass model=... to load it")
+        try:
+            model = EfficientNet(EfficientNetConfig.from_dict(stored))
+        except (TypeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"{path}: cannot rebuild its model ({error})") from None
+    _unwrap(model).load_state_dict(weights)  # copies each tensor, cast to the model's dtype
     return model.eval(), checkpoint
 
 
-# ----------------------------------------------------------------------------- evaluation
+def _rng_state(device: torch.device) -> dict:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
 
 
-def _prepare(batch, device: torch.device, channels_last: bool):
-    images, labels = batch[0], batch[1]
-    images = images.to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, labels.to(device, non_blocking=True)
+@dataclass
+class _Run:
+    """A run in progress: everything its checkpoint holds, to continue exactly where it stopped."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    scaler: torch.amp.GradScaler
+    ema: ExponentialMovingAverage | None
+    totals: torch.Tensor  # this epoch's (loss sum, correct) on the device: no sync per step
+    rng: dict  # the generators' states after the last completed step
+    epoch: int = 0  # the epoch in progress, from 0
+    step: int = 0  # optimiser steps completed in it
+    history: History = field(default_factory=History)
+    in_update: bool = False  # True while the weights change: no consistent state to save
+    PARTS = ("model", "optimizer", "scheduler", "scaler")
+
+    def save(self, path: Path, config: TrainConfig) -> None:
+        """Write a temporary file, then rename it: never a half-written checkpoint."""
+        state = {name: getattr(self, name).state_dict() for name in self.PARTS}
+        state.update(ema=None if self.ema is None else self.ema.module.state_dict())
+        state.update(ema_updates=0 if self.ema is None else self.ema.updates, rng=self.rng)
+        state.update(epoch=self.epoch, step=self.step, totals=self.totals.cpu())
+        state.update(history=list(self.history), format=CHECKPOINT_FORMAT)
+        state.update(model_signature=model_signature(self.model), train_config=asdict(config))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+
+    def resume(self, path: Path, device: torch.device) -> None:
+        checkpoint = _read_checkpoint(path, model=self.model)
+        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path} holds no training state of format {CHECKPOINT_FORMAT}")
+        for name in self.PARTS:
+            getattr(self, name).load_state_dict(checkpoint[name])
+        if self.ema is not None and checkpoint["ema"] is not None:
+            self.ema.module.load_state_dict(checkpoint["ema"])
+            self.ema.updates = checkpoint["ema_updates"]
+        self.epoch, self.step, self.rng = checkpoint["epoch"], checkpoint["step"], checkpoint["rng"]
+        self.totals, self.history = checkpoint["totals"].to(device), History(checkpoint["history"])
+        torch.set_rng_state(self.rng["cpu"])
+        if device.type == "cuda" and self.rng["cuda"] is not None:
+            torch.cuda.set_rng_state(self.rng["cuda"], device)
 
 
-def evaluate(
-    model: nn.Module,
-    data: Dataset | DataLoader,
-    device: str | torch.device = "auto",
-    batch_size: int = 256,
-    amp: str = "auto",
-    channels_last: bool = True,
-) -> dict:
-    """Mean loss and top-1 accuracy of `model` on `data` (all ranks together under DDP)."""
+def _checkpoint_path(config: TrainConfig) -> Path | None:
+    """Where the run's checkpoint goes; refuses to replace an earlier run unless asked."""
+    path = None if config.out_dir is None else Path(config.out_dir) / CHECKPOINT_NAME
+    if config.resume and (path is None or not path.exists()):
+        raise FileNotFoundError(f"resume=True but there is no checkpoint at {path}")
+    if path is not None and path.exists() and not (config.resume or config.overwrite):
+        raise FileExistsError(
+            f"{path} already exists (an earlier run). Pass resume=True (--resume) to continue "
+            "it, overwrite=True (--overwrite) to replace it, or choose another out_dir."
+        )
+    return path
+
+
+def evaluate(model, data, device=None, batch_size=256, amp="auto", channels_last=True) -> dict:
+    """Mean loss and top-1 accuracy of `model` on `data` (a Dataset or DataLoader), on the
+    model's device (or, with `device`, moved there first); its train/eval mode is restored.
+    ``amp="off"``: deterministic fp32. Under DDP, every rank evaluates all of `data`."""
+    if device is None:
+        device = next(model.parameters(), torch.empty(0)).device
     device = select_device(device)
     dtype = autocast_dtype(device, amp)
-    rank, world = distributed_info()
-    if isinstance(data, DataLoader):
-        loader = data
-    else:
-        loader = DataLoader(
-            data,
-            batch_size=batch_size,
-            sampler=EpochSampler(len(data), 0, 0, rank, world, shuffle=False),
-            generator=torch.Generator().manual_seed(0),
-        )  # leave the global RNG alone
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
-    with torch.no_grad():
-        for batch in loader:
-            images, labels = _prepare(batch, device, channels_last)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = model(images)
-            totals[0] += F.cross_entropy(logits.float(), labels, reduction="sum")
-            totals[1] += (logits.argmax(dim=1) == labels).sum()
-            totals[2] += labels.numel()
+    if not isinstance(data, DataLoader):  # its own generator: leaves the global RNG alone
+        data = DataLoader(data, batch_size, generator=torch.Generator())
+    was_training, totals, count = model.training, torch.zeros(2, device=device), 0
+    layout = torch.channels_last if channels_last else torch.preserve_format
+    model.to(device).eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        for images, labels, *_ in data:  # datasets may yield more (a mask): ignored
+            images = images.to(device, non_blocking=True, memory_format=layout)
+            logits = model(images).float()
+            labels = labels.to(device, non_blocking=True)
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+            totals += torch.stack([loss, (logits.argmax(1) == labels).sum()])  # (loss, correct)
+            count += len(labels)
+    model.train(was_training)
+    loss, correct = totals.tolist()
+    return {"loss": loss / max(count, 1), "accuracy": correct / max(count, 1), "count": count}
+
+
+def _build_loader(data, config: TrainConfig, device: torch.device) -> DataLoader:
+    """The training loader, built once: full batches in an order that depends only on (seed,
+    epoch); worker processes, if any, are kept from one epoch to the next."""
+    (rank, world), batch, cap = distributed_info(), config.batch_size, config.steps_per_epoch
+    per_rank = math.ceil(len(data) / world)
+    if per_rank < batch:
+        raise ValueError(
+            f"batch_size {batch} is larger than the {per_rank} training samples per process; "
+            "use a smaller batch_size"
+        )
+    steps = per_rank // batch if cap is None else min(per_rank // batch, cap)
+    sampler = EpochSampler(len(data), config.seed, rank, world, length=steps * batch)
+    workers = {"num_workers": config.num_workers, "persistent_workers": config.num_workers > 0}
+    # Its own generator: starting an epoch must not draw from the global RNG, or a resumed
+    # run's dropout masks would drift from the uninterrupted run's.
+    generator = torch.Generator().manual_seed(config.seed)
+    options = {"sampler": sampler, "drop_last": True, "pin_memory": device.type == "cuda"}
+    return DataLoader(data, batch, generator=generator, **workers, **options)
+
+
+def _running_means(run: _Run, batch: int, world: int = 1) -> tuple[float, float]:
+    """The epoch's mean loss and accuracy so far, over `world` ranks (reads the device)."""
+    totals = run.totals.clone()
     if world > 1:
         dist.all_reduce(totals)
-    model.train(was_training)
-    loss, correct, count = totals.tolist()
-    return {"loss": loss / max(count, 1), "accuracy": correct / max(count, 1), "count": int(count)}
+    loss, accuracy = (totals / (run.step * batch * world)).tolist()
+    if not math.isfinite(loss):
+        where, lr = f"by step {run.step} of epoch {run.epoch + 1}", run.optimizer.defaults["lr"]
+        raise FloatingPointError(f"the training loss is {loss} {where}; lower lr (now {lr})")
+    return loss, accuracy
 
 
-# ----------------------------------------------------------------------------- fit
-
-
-def fit(
-    model: nn.Module,
-    train_data: Dataset,
-    val_data: Dataset | None = None,
-    config: TrainConfig | None = None,
-    on_step: Callable[[int], None] | None = None,
-    on_epoch: Callable[[History], None] | None = None,
-    **overrides,
-) -> History:
-    """Train `model` on `train_data`; returns the per-epoch `History`.
-
-    Pass a `TrainConfig`, or its fields as keyword arguments (``fit(model, data, epochs=3)``).
-    `on_step(global_step)` is called after every completed optimiser step (tests use it to
-    interrupt a run); `on_epoch(history)` after every epoch (live plots use it). With
-    ``out_dir``, a checkpoint is written atomically after every epoch and when the run stops
-    early (Ctrl-C / Jupyter's stop button, or an error): it holds the state after the last
-    completed step, and ``resume=True`` continues from exactly there.
-    """
-    config = TrainConfig(**{**(asdict(config) if config else {}), **overrides})
-    device = select_device(config.device)
-    dtype = autocast_dtype(device, config.amp)
-    rank, world = distributed_info()
-    is_main = rank == 0
-    torch.manual_seed(config.seed)
-
-    model = model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    base_model = model
-    optimizer = build_optimizer(base_model, config)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ema = None
-    if config.ema_decay is not None:
-        ema = torch.optim.swa_utils.AveragedModel(
-            base_model,
-            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
-            use_buffers=True,
-        )
-
-    per_rank = math.ceil(len(train_data) / world)
-    steps_per_epoch = max(1, per_rank // config.batch_size)  # drop_last: full batches only
-    if per_rank < config.batch_size:
-        raise ValueError(
-            f"batch_size {config.batch_size} is larger than the {per_rank} training "
-            f"samples per process; use a smaller batch_size"
-        )
-    if config.steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, steps_per_epoch, config)
-    )
-
-    # ---- checkpoints: resume, or refuse to overwrite somebody's earlier run
-    path = Path(config.out_dir) / CHECKPOINT_NAME if config.out_dir else None
-    history, start_epoch, start_step = History(), 0, 0
-    resumed_totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
-    if path is not None and path.exists():
-        if config.resume:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            differences = _signature_differences(
-                checkpoint["model_signature"], model_signature(base_model)
-            )
-            if differences:
-                raise ValueError(
-                    f"cannot resume from {path}: it was written for a different "
-                    f"architecture ({'; '.join(differences[:6])})"
-                )
-            base_model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
-            scaler.load_state_dict(checkpoint["scaler"])
-            if ema is not None and checkpoint.get("ema_state") is not None:
-                ema.load_state_dict(checkpoint["ema_state"])
-            torch.set_rng_state(checkpoint["rng_cpu"])
-            if device.type == "cuda" and checkpoint.get("rng_cuda") is not None:
-                torch.cuda.set_rng_state(checkpoint["rng_cuda"], device)
-            history = History(list(checkpoint["history"]))
-            start_epoch, start_step = checkpoint["epoch"], checkpoint["step"]
-            resumed_totals = checkpoint["epoch_totals"]
-            if is_main:
-                print(f"Resuming from {path}: epoch {start_epoch + 1}, step {start_step}")
-        elif not config.overwrite:
-            raise FileExistsError(
-                f"{path} already exists (an earlier run). Pass resume=True (--resume) to "
-                f"continue it, overwrite=True (--overwrite) to replace it, or choose another "
-                f"out_dir."
-            )
-    elif config.resume:
-        raise FileNotFoundError(f"resume=True but there is no checkpoint at {path}")
-
-    train_model = base_model
-    if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(
-            base_model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if config.compile:
-        train_model = torch.compile(train_model)
-
-    def rng_state() -> tuple[torch.Tensor, torch.Tensor | None]:
-        return torch.get_rng_state(), (
-            torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        )
-
-    def save(epoch: int, step: int, totals: torch.Tensor, rng: tuple) -> None:
-        if path is None or not is_main:
-            return
-        rng_cpu, rng_cuda = rng
-        _atomic_save(
-            {
-                "model": base_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "ema": ema.module.state_dict() if ema is not None else None,
-                "ema_state": ema.state_dict() if ema is not None else None,
-                "rng_cpu": rng_cpu,
-                "rng_cuda": rng_cuda,
-                "epoch": epoch,
-                "step": step,
-                "epoch_totals": totals.cpu(),
-                "history": history.epochs,
-                "model_signature": model_signature(base_model),
-                "train_config": asdict(config),
-                "format": 1,
-            },
-            path,
-        )
-
+def _train_epoch(net, loader: DataLoader, run: _Run, config: TrainConfig, on_step) -> dict:
+    """Train from step `run.step` of epoch `run.epoch` to the epoch's end; returns its record."""
     from tqdm.auto import tqdm
 
+    device, (rank, world), batch = run.totals.device, distributed_info(), config.batch_size
+    dtype, steps = autocast_dtype(device, config.amp), loader.sampler.length // batch
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    # The state after the last completed step: what an interrupted run saves.
-    position = (start_epoch, start_step)
-    totals, last_totals = resumed_totals.to(device), resumed_totals
-    last_rng = rng_state()
-    in_update = False
+    layout = torch.channels_last if config.channels_last else torch.preserve_format
+    loader.sampler.set_epoch(run.epoch, skip=run.step * batch)
+    start, first_step, show = time.perf_counter(), run.step, config.progress and rank == 0
+    bar = tqdm(total=steps, initial=run.step, desc=f"epoch {run.epoch + 1}", disable=not show)
+    net.train()
+    for images, labels, *_ in loader:
+        images = images.to(device, non_blocking=True, memory_format=layout)
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = net(images)
+            loss = criterion(logits.float(), labels)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.in_update = True
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        if run.ema is not None:
+            run.ema.update(run.model)
+        run.totals += torch.stack([loss.detach() * batch, (logits.argmax(1) == labels).sum()])
+        run.step, run.rng, run.in_update = run.step + 1, _rng_state(device), False
+        bar.update()
+        if run.step % LOG_EVERY == 0:
+            bar.set_postfix_str("loss {:.3f}, accuracy {:.3f}".format(*_running_means(run, batch)))
+        if on_step is not None:
+            on_step(run.epoch * steps + run.step)
+    bar.close()
+    (loss, accuracy), seconds = _running_means(run, batch, world), time.perf_counter() - start
+    lr, images = run.optimizer.param_groups[0]["lr"], (run.step - first_step) * batch * world
+    record = {"epoch": run.epoch + 1, "loss": loss, "accuracy": accuracy, "lr": lr}
+    return record | {"images_per_s": images / seconds, "seconds": seconds}
+
+
+def fit(model, train_data, val_data=None, config=None, on_step=None, on_epoch=None, **overrides):
+    """Train `model` on `train_data` (a `TrainConfig`, or its fields as keyword arguments);
+    returns the per-epoch `History`. `on_step(global_step)` runs after every optimiser step,
+    `on_epoch(history)` after every epoch (live plots); validation scores the EMA if there is one.
+
+    On `model`: moves it to the device (channels_last if `channels_last`) and trains it in place;
+    it ends in train mode with the last raw weights (the EMA is in the checkpoint). For the run
+    only, on a CPU under bf16, `depthwise_in_fp32` hooks its depthwise convolutions. Seeds torch.
+
+    With `out_dir`, a checkpoint is written atomically after every epoch and when the run stops
+    (Ctrl-C, Jupyter's stop button, an error): the state after the last completed step, from
+    which ``resume=True`` continues exactly.
+    """
+    config = TrainConfig(**{**(asdict(config) if config is not None else {}), **overrides})
+    device, (rank, world) = select_device(config.device), distributed_info()
+    dtype = autocast_dtype(device, config.amp)
+    torch.manual_seed(config.seed)
+    layout = torch.channels_last if config.channels_last else torch.preserve_format
+    model.to(device, memory_format=layout)
+    loader, path = _build_loader(train_data, config, device), _checkpoint_path(config)
+    optimizer, steps = build_optimizer(model, config), len(loader)
+    schedule = LambdaLR(optimizer, lambda step: lr_multiplier(step, steps, config))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ema = None if config.ema_decay is None else ExponentialMovingAverage(model, config.ema_decay)
+    totals, rng = torch.zeros(2, device=device), _rng_state(device)
+    run = _Run(model, optimizer, schedule, scaler, ema, totals, rng)
+    if config.resume:
+        run.resume(path, device)
+        if rank == 0:
+            print(f"Resuming from {path}: epoch {run.epoch + 1}, step {run.step}")
+    net = model
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    net = torch.compile(net) if config.compile else net
+    evaluation = (2 * config.batch_size, config.amp, config.channels_last)  # batch, amp, layout
     try:
-        for epoch in range(start_epoch, config.epochs):
-            skip = start_step if epoch == start_epoch else 0
-            sampler = EpochSampler(
-                len(train_data), config.seed, epoch, rank, world, skip=skip * config.batch_size
-            )
-            # Own generator: creating the iterator must not draw from the global RNG, or a
-            # resumed run's dropout masks would drift from the uninterrupted run's.
-            loader = DataLoader(
-                train_data,
-                batch_size=config.batch_size,
-                sampler=sampler,
-                num_workers=config.num_workers,
-                drop_last=True,
-                pin_memory=device.type == "cuda",
-                generator=torch.Generator().manual_seed(config.seed + epoch),
-            )
-            train_model.train()
-            if epoch != start_epoch:
-                totals = torch.zeros(3, device=device, dtype=torch.float64)
-            counted_before = totals[2].item()  # samples of this epoch seen before a resume
-            start = time.perf_counter()
-            bar = tqdm(
-                total=steps_per_epoch,
-                initial=skip,
-                disable=not (config.progress and is_main),
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                leave=False,
-            )
-            step = skip
-            for batch in loader:
-                if step >= steps_per_epoch:
-                    break
-                images, labels = _prepare(batch, device, config.channels_last)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = train_model(images)
-                    loss = criterion(logits.float(), labels)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, step "
-                        f"{step}; lower the learning rate ({config.lr})"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                in_update = True  # an interrupt now could leave weights half-updated
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(base_model)
-                in_update = False
-                step += 1
-                totals += torch.stack(
-                    [
-                        loss.detach().double() * labels.numel(),
-                        (logits.argmax(1) == labels).sum().double(),
-                        torch.tensor(labels.numel(), device=device, dtype=torch.float64),
-                    ]
-                )
-                position, last_rng, last_totals = (epoch, step), rng_state(), totals.clone()
-                bar.update(1)
-                if step % 10 == 0 or step == steps_per_epoch:
-                    loss_sum, correct, count = totals.tolist()
-                    rate = (count - counted_before) * world / (time.perf_counter() - start)
-                    bar.set_postfix(
-                        loss=f"{loss_sum / count:.3f}",
-                        acc=f"{correct / count:.3f}",
-                        img_s=f"{rate:.0f}",
-                    )
-                if on_step is not None:
-                    on_step(epoch * steps_per_epoch + step)
-            bar.close()
-            if step < steps_per_epoch:
-                raise RuntimeError(f"the data ran out after {step} of {steps_per_epoch} steps")
-            if world > 1:
-                dist.all_reduce(totals)
-            seconds = time.perf_counter() - start
-            loss_sum, correct, count = totals.tolist()
-            record = {
-                "epoch": epoch + 1,
-                "loss": loss_sum / count,
-                "accuracy": correct / count,
-                "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": (count - counted_before * world) / seconds,
-                "seconds": seconds,
-            }
-            if val_data is not None:
-                scored = ema.module if ema is not None else base_model
-                result = evaluate(
-                    scored,
-                    val_data,
-                    device,
-                    batch_size=config.batch_size * 2,
-                    amp=config.amp,
-                    channels_last=config.channels_last,
-                )
-                record.update(val_loss=result["loss"], val_accuracy=result["accuracy"])
-            history.epochs.append(record)
-            position, last_rng = (epoch + 1, 0), rng_state()
-            last_totals = torch.zeros(3, dtype=torch.float64)
-            save(*position, last_totals, last_rng)
-            if is_main and on_epoch is not None:
-                on_epoch(history)
-            if is_main and config.progress:
-                shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
-                print(f"epoch {epoch + 1}/{config.epochs}: {shown}")
+        with depthwise_in_fp32(model, device, dtype):
+            while run.epoch < config.epochs:
+                record = _train_epoch(net, loader, run, config, on_step)
+                if val_data is not None:
+                    scored = model if ema is None else ema.module
+                    result = evaluate(scored, val_data, device, *evaluation)
+                    record.update(val_loss=result["loss"], val_accuracy=result["accuracy"])
+                run.history.append(record)
+                run.epoch, run.step, run.rng = run.epoch + 1, 0, _rng_state(device)
+                run.totals.zero_()
+                if path is not None and rank == 0:
+                    run.save(path, config)
+                if rank == 0 and on_epoch is not None:
+                    on_epoch(run.history)
+                if rank == 0 and config.progress:
+                    shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
+                    print(f"epoch {record['epoch']}/{config.epochs}: {shown}")
     except BaseException as error:
-        if path is not None and is_main:
-            if in_update:
-                print(
-                    f"Stopped ({type(error).__name__}) during a weight update: kept the "
-                    f"last epoch's checkpoint in {path}"
-                )
+        if path is not None and rank == 0:
+            stopped = f"Stopped ({type(error).__name__})"
+            if run.in_update or isinstance(error, FloatingPointError):  # no consistent state
+                print(f"{stopped}: kept the checkpoint of the last finished epoch, {path}")
             else:
-                save(*position, last_totals, last_rng)
-                print(
-                    f"Stopped ({type(error).__name__}) at epoch {position[0] + 1}, step "
-                    f"{position[1]}: saved {path}; continue with resume=True"
-                )
+                run.save(path, config)
+                print(f"{stopped} at epoch {run.epoch + 1}, step {run.step}: saved {path}")
         raise
-    return history
+    return run.history

@@ -1,11 +1,23 @@
-"""The training engine: it learns, it resumes exactly, it never overwrites a user's run."""
+"""The training engine: it learns, it resumes exactly, it never overwrites or damages a run."""
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 import effnet_edu as ee
-from effnet_edu.training import EpochSampler, TrainConfig, fit, load_checkpoint, lr_multiplier
+from effnet_edu.training import (
+    CheckpointError,
+    EpochSampler,
+    ExponentialMovingAverage,
+    TrainConfig,
+    depthwise_in_fp32,
+    evaluate,
+    fit,
+    load_checkpoint,
+    lr_multiplier,
+)
 
 
 def tiny_model(num_classes=3, **kwargs):
@@ -29,22 +41,15 @@ def test_fit_learns_and_reports_history():
         easy_data(48, seed=1),
         epochs=8,
         batch_size=16,
-        lr=0.05,
         progress=False,
         amp="off",
     )
-    assert len(history) == 8
-    assert set(history.last) >= {
-        "loss",
-        "accuracy",
-        "val_loss",
-        "val_accuracy",
-        "lr",
-        "images_per_s",
-        "seconds",
-    }
+    assert len(history) == 8 and history.last is history[-1] and history.epochs == list(history)
+    expected = {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "seconds"}
+    assert set(history.last) >= expected
     assert history["val_accuracy"][-1] > 0.8  # chance is 1/3
     assert history["loss"][-1] < history["loss"][0]
+    assert model.training  # fit leaves the model in train mode
 
 
 class Exploding(Dataset):
@@ -63,26 +68,9 @@ class Exploding(Dataset):
 
 
 def run_config(out_dir, **overrides):
-    return TrainConfig(
-        **{
-            **dict(
-                epochs=3,
-                batch_size=8,
-                lr=0.05,
-                steps_per_epoch=5,
-                ema_decay=0.9,
-                out_dir=str(out_dir),
-                progress=False,
-                amp="off",
-                seed=3,
-            ),
-            **overrides,
-        }
-    )
-
-
-def final_state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    defaults = dict(epochs=3, batch_size=8, steps_per_epoch=5, ema_decay=0.9, seed=3)
+    defaults |= dict(out_dir=str(out_dir), progress=False, amp="off")
+    return TrainConfig(**{**defaults, **overrides})
 
 
 @pytest.mark.parametrize("how", ["on_step", "data"])
@@ -90,7 +78,7 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, how):
     data = easy_data(64)
     torch.manual_seed(7)
     reference = tiny_model(dropout=0.3, stochastic_depth=0.5)
-    initial = final_state(reference)
+    initial = {k: v.clone() for k, v in reference.state_dict().items()}
     fit(reference, data, config=run_config(tmp_path / "reference"))
 
     model = tiny_model(dropout=0.3, stochastic_depth=0.5)
@@ -104,7 +92,9 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, how):
         with pytest.raises(KeyboardInterrupt):
             fit(model, data, config=run_config(tmp_path / "run"), on_step=stop)
     else:
-        order = list(EpochSampler(len(data), seed=3, epoch=1))  # second epoch's order
+        sampler = EpochSampler(len(data), seed=3)
+        sampler.set_epoch(1)
+        order = list(sampler)  # the second epoch's order
         with pytest.raises(OSError, match="cannot read sample"):
             fit(model, Exploding(data, order[8 * 3 + 2]), config=run_config(tmp_path / "run"))
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
@@ -117,10 +107,11 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, how):
     for key, value in resumed.state_dict().items():
         assert torch.equal(value, expected[key]), key
     ours, theirs = (
-        torch.load(p / "checkpoint.pt", weights_only=True)["ema"]
+        torch.load(p / "checkpoint.pt", weights_only=True)
         for p in (tmp_path / "run", tmp_path / "reference")
     )
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert all(torch.equal(ours["ema"][k], theirs["ema"][k]) for k in theirs["ema"])
+    assert ours["history"][2]["loss"] == pytest.approx(theirs["history"][2]["loss"], rel=1e-6)
 
 
 def test_existing_checkpoint_is_never_overwritten(tmp_path):
@@ -136,20 +127,58 @@ def test_existing_checkpoint_is_never_overwritten(tmp_path):
 
 
 def test_checkpoint_refuses_another_architecture(tmp_path):
-    data = easy_data(32)
+    data, path = easy_data(32), tmp_path / "checkpoint.pt"
     fit(tiny_model(), data, config=run_config(tmp_path, epochs=1, ema_decay=None))
+    before = path.read_bytes()
     with pytest.raises(ValueError, match="different architecture.*width"):
-        fit(
-            ee.efficientnet(depth=0.25, width=0.5, resolution=32, num_classes=3),
-            data,
-            config=run_config(tmp_path, epochs=2, resume=True),
-        )
+        wider = ee.efficientnet(depth=0.25, width=0.5, resolution=32, num_classes=3)
+        fit(wider, data, config=run_config(tmp_path, epochs=2, resume=True))
     with pytest.raises(ValueError, match="different architecture.*num_classes"):
-        load_checkpoint(tmp_path / "checkpoint.pt", tiny_model(num_classes=4))
-    model, checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")  # rebuilt from its config
+        load_checkpoint(path, tiny_model(num_classes=4))
+    assert path.read_bytes() == before  # a refused resume changes nothing
+    model, checkpoint = load_checkpoint(path)  # rebuilt from its config
     assert model.config == tiny_model().config and checkpoint["epoch"] == 1
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_bad_checkpoint_files_are_named_and_left_alone(tmp_path):
+    fit(tiny_model(), easy_data(32), config=run_config(tmp_path / "run", epochs=1))
+    good = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    files = {
+        "truncated.pt": good[: len(good) // 2],
+        "notes.txt": b"hello, not a checkpoint\n",
+    }
+    torch.save(tiny_model().state_dict(), tmp_path / "weights.pt")  # a plain state_dict
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    for name, what in [
+        ("truncated.pt", "corrupt"),
+        ("notes.txt", "corrupt"),
+        ("weights.pt", "plain state_dict"),
+    ]:
+        path = tmp_path / name
+        before = path.read_bytes()
+        with pytest.raises(CheckpointError, match=what) as error:
+            load_checkpoint(path)
+        assert str(path) in str(error.value) and isinstance(error.value, ValueError)
+        assert path.read_bytes() == before
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(good[:1000])  # a resume from a corrupt file
+    with pytest.raises(CheckpointError, match="checkpoint.pt is truncated, corrupt"):
+        fit(tiny_model(), easy_data(32), config=run_config(tmp_path / "run", resume=True))
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == good[:1000]
+
+
+def test_fp16_weights_load_into_an_fp32_model(tmp_path):
+    torch.manual_seed(0)
+    source = tiny_model()
+    half = {k: v.half() if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    signature = ee.training.model_signature(source)
+    torch.save({"model": half, "model_signature": signature}, tmp_path / "small.pt")
+    model, _ = load_checkpoint(tmp_path / "small.pt")
+    for key, value in model.state_dict().items():
+        assert value.dtype == source.state_dict()[key].dtype
+        assert torch.equal(value, half[key].to(value.dtype)), key
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path):
@@ -162,16 +191,19 @@ def test_resume_without_checkpoint_is_an_error(tmp_path):
     [
         ("epochs", -1),
         ("batch_size", 0),
+        ("num_workers", -2),
         ("lr", 0.0),
         ("optimizer", "lamb"),
         ("schedule", "poly"),
         ("amp", "fp8"),
         ("label_smoothing", 1.0),
+        ("ema_decay", 1.5),
     ],
 )
-def test_bad_train_config(field, value):
-    with pytest.raises(ValueError, match=f"{field} must be"):
+def test_bad_train_config_names_the_field_and_value(field, value):
+    with pytest.raises(ValueError) as error:
         TrainConfig(**{field: value})
+    assert field in str(error.value) and repr(value) in str(error.value)
 
 
 def test_batch_larger_than_data_is_explained():
@@ -191,9 +223,93 @@ def test_schedules():
 
 
 def test_epoch_sampler_shards_and_skips():
-    full = list(EpochSampler(10, seed=1, epoch=0))
+    def order(epoch=0, skip=0, **kwargs):
+        sampler = EpochSampler(10, seed=1, **kwargs)
+        sampler.set_epoch(epoch, skip)
+        return list(sampler)
+
+    full = order()
     assert sorted(full) == list(range(10)) and full != list(range(10))
-    assert full != list(EpochSampler(10, seed=1, epoch=1))
-    shards = [list(EpochSampler(10, 1, 0, rank=r, world_size=2)) for r in (0, 1)]
+    assert full != order(epoch=1) and order(epoch=1) == order(epoch=1)
+    shards = [order(rank=r, world_size=2) for r in (0, 1)]
     assert sorted(shards[0] + shards[1]) == list(range(10))
-    assert list(EpochSampler(10, 1, 0, skip=4)) == full[4:]
+    assert order(skip=4) == full[4:] and order(skip=4, length=6) == full[4:6]
+
+
+def test_ema_warms_up_its_decay_as_tensorflow():
+    model = nn.Linear(1, 1, bias=False, dtype=torch.float64)
+    nn.init.constant_(model.weight, 1.0)
+    ema = ExponentialMovingAverage(model, decay=0.5)
+    expected = 1.0
+    for t, weight in enumerate([3.0, -2.0, 5.0, 7.0, 0.5] + [4.0] * 10):
+        nn.init.constant_(model.weight, weight)
+        ema.update(model)
+        decay = min(0.5, (1 + t) / (10 + t))  # 0.1, 0.18, ... then 0.5 from t = 8
+        expected = decay * expected + (1 - decay) * weight
+        assert ema.module.weight.item() == pytest.approx(expected, rel=1e-12)
+    assert ema.updates == 15
+
+
+def test_evaluate_runs_where_the_model_is_and_restores_its_mode():
+    torch.manual_seed(0)
+    model, data = tiny_model().train(), easy_data(40)
+    result = evaluate(model, data, batch_size=16, amp="off", channels_last=False)
+    assert model.training and next(model.parameters()).device.type == "cpu"
+    model.eval()
+    with torch.no_grad():
+        logits = model(data.tensors[0])
+    assert result["count"] == 40
+    assert result["loss"] == pytest.approx(
+        F.cross_entropy(logits, data.tensors[1]).item(), rel=1e-5
+    )
+    assert result["accuracy"] == (logits.argmax(1) == data.tensors[1]).double().mean().item()
+
+
+class Separable(nn.Module):
+    """A 1x1 expansion, a 3x3 depthwise convolution, a 1x1 projection: plain torch layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand, self.depthwise = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.project, self.head = nn.Conv2d(8, 3, 1), nn.Flatten()
+
+    def forward(self, x):
+        return self.head(self.project(self.depthwise(self.expand(x))).mean((2, 3), keepdim=True))
+
+
+def record_dtypes(model):
+    seen = {}
+    for name in ("expand", "depthwise", "project"):
+
+        def hook(module, args, output, name=name):
+            seen[name] = (args[0].dtype, output.dtype)
+
+        getattr(model, name).register_forward_hook(hook)
+    return seen
+
+
+def test_depthwise_convolutions_train_in_fp32_under_cpu_bf16():
+    model, x, cpu = Separable(), torch.randn(2, 3, 8, 8), torch.device("cpu")
+    seen = record_dtypes(model)
+    bf16, fp32 = torch.bfloat16, torch.float32
+    with depthwise_in_fp32(model, cpu, bf16), torch.autocast("cpu", dtype=bf16):
+        model(x).float().sum().backward()
+        assert seen == {"expand": (fp32, bf16), "depthwise": (fp32, fp32), "project": (fp32, bf16)}
+        with torch.no_grad():  # inference: bf16 throughout
+            model(x)
+        assert seen["depthwise"] == (bf16, bf16)
+        with pytest.raises(RuntimeError):  # a failing forward leaves autocast on
+            model.depthwise(torch.randn(2, 5, 8, 8))
+        assert torch.is_autocast_enabled("cpu")
+    with torch.autocast("cpu", dtype=bf16):  # the hooks are gone
+        model(x)
+    assert seen["depthwise"] == (bf16, bf16)
+
+
+def test_fit_applies_the_policy_only_while_it_runs():
+    model = Separable()
+    seen = record_dtypes(model)
+    data = TensorDataset(torch.randn(16, 3, 8, 8), torch.randint(0, 3, (16,)))
+    fit(model, data, epochs=1, batch_size=8, amp="bf16", device="cpu", progress=False)
+    assert seen["depthwise"][1] == torch.float32 and seen["project"][1] == torch.bfloat16
+    assert len(model.depthwise._forward_pre_hooks) == 0
