@@ -82,25 +82,29 @@ class Profile(list):
         return self.to_markdown()
 
 
-def _leaf_macs(model: nn.Module, x: torch.Tensor) -> dict[nn.Module, int]:
-    """Run the model once and record the MACs of every Conv2d and Linear call."""
+def _leaf_macs(module: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, int]:
+    """Run `module` once on zeros of `input_shape` (no batch) in eval mode, and record the MACs of
+    every Conv2d and Linear call. The module's mode is restored afterwards."""
     macs: dict[nn.Module, int] = {}
 
-    def hook(module, inputs, output):
-        if isinstance(module, nn.Conv2d):
-            cost = conv2d_macs(module, output.shape)
-        else:
-            cost = module.in_features * module.out_features
-        macs[module] = macs.get(module, 0) + cost
+    def hook(m, inputs, output):
+        cost = (
+            conv2d_macs(m, output.shape)
+            if isinstance(m, nn.Conv2d)
+            else m.in_features * m.out_features
+        )
+        macs[m] = macs.get(m, 0) + cost
 
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
+    layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    was_training = module.training
+    parameter = next(module.parameters(), None)
+    x = torch.zeros(1, *input_shape, device=parameter.device if parameter is not None else "cpu")
     try:
-        model(x)
+        with torch.no_grad():
+            module.eval()(x)
     finally:
+        module.train(was_training)
         for h in handles:
             h.remove()
     return macs
@@ -112,43 +116,32 @@ def profile(model: nn.Module, resolution: int | None = None, per_block: bool = F
     With ``per_block=True`` every MBConv block is its own row. Counts are for one image.
     """
     resolution = _resolution_of(model, resolution)
-    parts: list[tuple[str, nn.Module]] = []
-    children = dict(model.named_children())
-    if "stages" in children:  # our EfficientNet
-        parts.append(("stem", model.stem))
+    parts = list(model.named_children())
+    if hasattr(model, "stages"):  # our EfficientNet: a row per stage (or per block)
+        parts = [("stem", model.stem)]
         for s, stage in enumerate(model.stages, start=1):
-            if per_block:
-                parts += [(f"stage {s}.{j}", block) for j, block in enumerate(stage)]
-            else:
-                parts.append((f"stage {s}", stage))
+            blocks = [(f"stage {s}.{j}", block) for j, block in enumerate(stage)]
+            parts += blocks if per_block else [(f"stage {s}", stage)]
         parts += [("head", model.head), ("pool", model.pool), ("classifier", model.classifier)]
-    else:
-        parts = list(children.items())
     shapes: dict[nn.Module, tuple[int, ...]] = {}
     handles = [
         m.register_forward_hook(lambda mod, i, o: shapes.__setitem__(mod, tuple(o.shape[1:])))
         for _, m in parts
     ]
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    x = torch.zeros(1, 3, resolution, resolution, device=device)
     try:
-        with torch.no_grad():
-            leaf = _leaf_macs(model, x)
+        leaf = _leaf_macs(model, (3, resolution, resolution))
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     rows = Profile()
-    for name, module in parts:
-        macs = sum(leaf.get(m, 0) for m in module.modules())
+    for name, m in parts:
         kind = (
-            type(module).__name__
-            if not isinstance(module, nn.Sequential)
-            else (f"{len(module)} x {type(module[0]).__name__}")
+            f"{len(m)} x {type(m[0]).__name__}"
+            if isinstance(m, nn.Sequential)
+            else type(m).__name__
         )
-        rows.append(LayerCost(name, kind, shapes.get(module, ()), count_params(module), macs))
+        macs = sum(leaf.get(layer, 0) for layer in m.modules())
+        rows.append(LayerCost(name, kind, shapes.get(m, ()), count_params(m), macs))
     return rows
 
 
@@ -157,16 +150,7 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
 
     `input_shape` excludes the batch: (C, H, W) for a conv block. Counts Conv2d and Linear.
     """
-    was_training = module.training
-    module.eval()
-    try:
-        parameter = next(module.parameters(), None)
-        device = parameter.device if parameter is not None else "cpu"
-        with torch.no_grad():
-            macs = _leaf_macs(module, torch.zeros(1, *input_shape, device=device))
-    finally:
-        module.train(was_training)
-    return sum(macs.values())
+    return sum(_leaf_macs(module, tuple(input_shape)).values())
 
 
 def count_flops(model: nn.Module, resolution: int | None = None) -> int:

@@ -1,9 +1,8 @@
 """The scaling study in miniature: depth vs width vs resolution vs compound, at matched FLOPs.
 
-The paper's Figure 3 scales B0 along one dimension at a time; its Table 7 and Figure 8 compare
-single-dimension scaling with compound scaling at the *same* FLOPs. Here a small baseline is
-scaled to a few FLOP budgets in each of the four ways, every model is trained with the same
-recipe on the synthetic data, and accuracy is plotted against FLOPs.
+The paper's Figure 3 scales B0 one dimension at a time; Table 7 and Figure 8 compare that with
+compound scaling at the *same* FLOPs. Here a small baseline is scaled to a few FLOP budgets in each
+of the four ways, trained with one recipe on the synthetic data, and scored against its FLOPs.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,13 +24,9 @@ FAMILIES = ("baseline", "depth", "width", "resolution", "compound")
 # Per-factor accuracy that `factor_accuracy` adds to a row (synthetic data).
 FACTOR_KEYS = ("arrangement_accuracy", "colour_accuracy", "texture_accuracy")
 # One colour per scaling method, shared by every figure of the project.
-FAMILY_COLORS = {
-    "baseline": "#555555",
-    "depth": "#1f77b4",
-    "width": "#ff7f0e",
-    "resolution": "#2ca02c",
-    "compound": "#d62728",
-}
+FAMILY_COLORS = dict(
+    baseline="#555555", depth="#1f77b4", width="#ff7f0e", resolution="#2ca02c", compound="#d62728"
+)
 
 
 @dataclass(frozen=True)
@@ -58,18 +53,15 @@ class StudyPoint:
     seconds: float | None = None
 
 
-def _build(depth: float, width: float, resolution: int, num_classes: int, **kwargs):
+def _build(point: StudyPoint, num_classes: int):
     # Short runs: light dropout, no stochastic depth (it slows early learning down).
-    kwargs = {"dropout": 0.1, "stochastic_depth": 0.0, **kwargs}
-    return efficientnet(
-        depth=depth, width=width, resolution=resolution, num_classes=num_classes, **kwargs
-    )
+    shape = {"depth": point.depth, "width": point.width, "resolution": point.resolution}
+    return efficientnet(**shape, num_classes=num_classes, dropout=0.1, stochastic_depth=0.0)
 
 
 def _flops(depth: float, width: float, resolution: int) -> int:
-    return config_flops(
-        efficientnet_config(depth=depth, width=width, resolution=resolution, num_classes=10)
-    )
+    config = efficientnet_config(depth=depth, width=width, resolution=resolution, num_classes=10)
+    return config_flops(config)
 
 
 def matched_point(
@@ -90,14 +82,11 @@ def matched_point(
     if not target >= 1:
         raise ValueError(f"target FLOPs ratio must be >= 1, got {target!r}")
     base_flops = _flops(base.depth, base.width, base.resolution)
-    # Under d * w^2 * r^2, the multiplier that alone gives `target` is target, sqrt(target),
-    # sqrt(target) or phi = log(target) / log(alpha beta^2 gamma^2); search around that guess.
-    guess = {
-        "depth": target,
-        "width": math.sqrt(target),
-        "resolution": math.sqrt(target),
-        "compound": math.log(target) / math.log(alpha * beta**2 * gamma**2),
-    }[family]
+    # FLOPs grow as d * w^2 * r^2 (Section 3.3): search around the multiplier that alone gives it.
+    if family == "compound":
+        guess = math.log(target) / math.log(alpha * beta**2 * gamma**2)
+    else:
+        guess = target if family == "depth" else math.sqrt(target)
     best = None
     for i in range(401):
         m = guess * (0.5 + 1.0 * i / 400)
@@ -122,7 +111,7 @@ def plan(base: Baseline, targets: tuple[float, ...]) -> list[StudyPoint]:
         points += [matched_point(base, family, target) for family in FAMILIES[1:]]
     base_flops = _flops(base.depth, base.width, base.resolution)
     for p in points:
-        model = _build(p.depth, p.width, p.resolution, 10)
+        model = _build(p, 10)
         p.flops, p.params = count_flops(model), count_params(model)
         p.flops_ratio = p.flops / base_flops
     return points
@@ -144,9 +133,8 @@ class DatasetFactory:
     def __call__(self, split: str, resolution: int):
         from .data import get_dataset
 
-        return get_dataset(
-            self.name, split, resolution, num_samples=self.samples[split], seed=self.seed
-        )
+        samples = self.samples[split]
+        return get_dataset(self.name, split, resolution, num_samples=samples, seed=self.seed)
 
 
 def factor_accuracy(
@@ -154,87 +142,64 @@ def factor_accuracy(
 ) -> dict[str, float]:
     """Accuracy on each factor of a product class (synthetic: arrangement, colour, texture).
 
-    A prediction of "line-warm-grid" for a "line-warm-hex" image is wrong as a class but right on
-    arrangement and colour: this shows *which* part of the task a scaled model got better at
-    (texture needs resolution, arrangement needs depth).
+    "line-warm-grid" for a "line-warm-hex" image is the wrong class but right on arrangement and
+    colour: this shows *which* part of the task a scaled model got better at (texture needs
+    resolution, arrangement needs depth).
     """
     from .synthetic import ARRANGEMENTS, COLOURS, TEXTURES
 
-    names = ("arrangement", "colour", "texture")
     index = torch.tensor(
         [[ARRANGEMENTS.index(a), COLOURS.index(c), TEXTURES.index(t)] for a, c, t in class_factors]
     )  # (classes, 3)
     right = (index[predictions] == index[labels]).double().mean(dim=0)  # (3,)
-    return {f"{name}_accuracy": value for name, value in zip(names, right.tolist(), strict=True)}
+    return dict(zip(FACTOR_KEYS, right.tolist(), strict=True))
 
 
-def _predictions(model, dataset, batch_size: int = 256) -> torch.Tensor:
+def _predictions(model, dataset, batch_size: int = 256) -> tuple[torch.Tensor, float]:
+    """The model's top-1 class for every sample of `dataset`, and their accuracy."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     with torch.no_grad():
-        return torch.cat([model(batch[0]).argmax(dim=1) for batch in loader])
+        predictions = torch.cat([model(batch[0]).argmax(dim=1) for batch in loader])
+    return predictions, (predictions == dataset.labels).double().mean().item()
 
 
 def _train_one(
     point: StudyPoint, seed: int, dataset_factory, train_config, models_dir: Path | None
 ) -> dict:
     """Train one (point, seed); runs in the main process or in a worker process."""
-    from .training import TrainConfig, fit, model_signature
+    from .training import fit, model_signature
 
-    train = dataset_factory("train", point.resolution)
-    val = dataset_factory("val", point.resolution)
+    train, val = (dataset_factory(split, point.resolution) for split in ("train", "val"))
     torch.manual_seed(seed)
-    model = _build(point.depth, point.width, point.resolution, len(train.classes))
-    config = TrainConfig(**{**asdict(train_config), "seed": seed, "out_dir": None, "resume": False})
+    model = _build(point, len(train.classes))
+    config = replace(train_config, seed=seed, out_dir=None, resume=False)
     start, cpu_start = time.perf_counter(), time.process_time()
-    # No validation after every epoch: the study reports the trained model only (below).
-    history = fit(model, train, None, config)
+    history = fit(model, train, None, config)  # no validation per epoch: scored once, below
+    # Wall time, and this process's CPU time (with one thread: the wall time on an idle machine).
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     model = model.cpu().to(memory_format=torch.contiguous_format)
-    predictions = _predictions(model, val)
-    row = {
-        **asdict(point),
-        "seed": seed,
-        "accuracy": (predictions == val.labels).double().mean().item(),
-        "train_accuracy": history.last["accuracy"],
-        "seconds": seconds,
-        # CPU time of this process: with one thread, the wall time on an idle machine.
-        "cpu_seconds": cpu_seconds,
-    }
+    predictions, accuracy = _predictions(model, val)
+    row = {**asdict(point), "seed": seed, "accuracy": accuracy, "seconds": seconds}
+    row.update(train_accuracy=history.last["accuracy"], cpu_seconds=cpu_seconds)
     if hasattr(val, "class_factors"):
         row.update(factor_accuracy(predictions, val.labels, val.class_factors))
     if models_dir is not None:
-        # A plain state_dict in float16 (half the bytes of float32; any torch loads it). The row
-        # records the accuracy of the model as stored, too.
-        weights = {
-            k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()
-        }
+        # A plain state_dict in float16 (half the bytes; any torch loads it), scored as stored.
+        state = model.state_dict()
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         model.load_state_dict(weights)
-        saved = _predictions(model, val)
-        row["saved_model_accuracy"] = (saved == val.labels).double().mean().item()
-        torch.save(
-            {
-                "model": weights,
-                "model_signature": model_signature(model),
-                "study_point": asdict(point),
-                "seed": seed,
-                "accuracy": row["accuracy"],
-                "saved_model_accuracy": row["saved_model_accuracy"],
-            },
-            models_dir / model_filename(point.family, point.target, seed),
-        )
+        _, row["saved_model_accuracy"] = _predictions(model, val)
+        signature = model_signature(model)
+        checkpoint = {"model": weights, "model_signature": signature, "study_point": asdict(point)}
+        checkpoint.update({k: row[k] for k in ("seed", "accuracy", "saved_model_accuracy")})
+        torch.save(checkpoint, models_dir / model_filename(point.family, point.target, seed))
     return row
 
 
 def model_filename(family: str, target: float, seed: int) -> str:
     """Where `run_study(save_models=True)` puts a model: ``compound-x2-seed0.pt``."""
     return f"{family}-x{target:g}-seed{seed}.pt"
-
-
-def _worker_init():
-    # One thread per worker process: two processes with two threads each on two cores make
-    # every operator wait for a busy core (many times slower, see docs/benchmarks.md).
-    torch.set_num_threads(1)
 
 
 def run_study(
@@ -249,64 +214,46 @@ def run_study(
 ) -> list[dict]:
     """Train every planned model (per seed) and write results.json, results.csv, plot.png.
 
-    `dataset_factory(split, resolution)` returns a dataset; each model gets data rendered at
-    its own resolution. `workers` > 1 trains that many models at once, in separate processes
-    of one thread each (the factory must then be picklable, like `DatasetFactory`); the results
-    equal those of a serial run with one thread. `save_models` writes each trained model to
-    ``out_dir/models/`` (`model_filename`), loadable with `effnet_edu.training.load_checkpoint`.
-    Returns one row per (point, seed), in plan order.
-    """
-    import concurrent.futures
-    import multiprocessing
+    `dataset_factory(split, resolution)` gives each model data at its own resolution. `workers`
+    > 1 trains that many at once, in one-thread processes (so the factory must be picklable, like
+    `DatasetFactory`), with a serial one-thread run's results. `save_models` writes each model to
+    ``out_dir/models/`` (`model_filename`, `load_checkpoint`). Returns a row per (point, seed)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-    if getattr(train_config, "ema_decay", None) is not None:
-        raise ValueError(
-            "the study scores and saves each model's trained weights; weight EMA "
-            "is not supported here (set ema_decay=None)"
-        )
+    if (ema := getattr(train_config, "ema_decay", None)) is not None:  # scored: trained weights
+        raise ValueError(f"ema_decay={ema!r}: weight EMA is not supported by the study, use None")
     out_dir = Path(out_dir)
-    results_path = out_dir / "results.json"
-    if results_path.exists() and not getattr(train_config, "overwrite", False):
-        raise FileExistsError(
-            f"{results_path} already exists; choose another output folder or pass overwrite"
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    models_dir = None
-    if save_models:
-        models_dir = out_dir / "models"
-        models_dir.mkdir(exist_ok=True)
+    results = out_dir / "results.json"
+    if results.exists() and not getattr(train_config, "overwrite", False):
+        raise FileExistsError(f"{results} already exists: use another folder or overwrite=True")
+    models_dir = out_dir / "models" if save_models else None
+    (models_dir or out_dir).mkdir(parents=True, exist_ok=True)  # creates out_dir too
     jobs = [(point, seed) for point in points for seed in seeds]
+    shared = (dataset_factory, train_config, models_dir)
 
-    def report(row):
+    def done(row: dict) -> dict:
         log(
-            f"{row['family']:>10} x{row['flops_ratio']:4.2f} FLOPs (d={row['depth']:.2f}, "
-            f"w={row['width']:.2f}, r={row['resolution']}), seed {row['seed']}: val accuracy "
-            f"{row['accuracy']:.3f} [{row['seconds']:.0f} s]"
+            "{family:>10} x{flops_ratio:4.2f} FLOPs (d={depth:.2f}, w={width:.2f}, r={resolution}),"
+            " seed {seed}: val accuracy {accuracy:.3f} [{seconds:.0f} s]".format(**row)
         )
+        return row
 
     if workers == 1:
-        rows = []
-        for point, seed in jobs:
-            rows.append(_train_one(point, seed, dataset_factory, train_config, models_dir))
-            report(rows[-1])
+        rows = [done(_train_one(point, seed, *shared)) for point, seed in jobs]
     else:
-        context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
-        with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_worker_init
-        ) as pool:
+        context = get_context("spawn")  # no fork of a threaded parent
+        # One thread per worker: more threads than cores make every operator wait for a busy core.
+        one_thread = {"initializer": torch.set_num_threads, "initargs": (1,)}
+        with ProcessPoolExecutor(workers, mp_context=context, **one_thread) as pool:
             # Biggest models first, so the last one to finish is a small one.
             order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0].flops)
-            futures = {
-                pool.submit(_train_one, *jobs[i], dataset_factory, train_config, models_dir): i
-                for i in order
-            }
-            done = {}
-            for future in concurrent.futures.as_completed(futures):
-                done[futures[future]] = future.result()
-                report(done[futures[future]])
-        rows = [done[i] for i in range(len(jobs))]
+            futures = {pool.submit(_train_one, *jobs[i], *shared): i for i in order}
+            rows = [None] * len(jobs)
+            for future in as_completed(futures):
+                rows[futures[future]] = done(future.result())
     write_results(rows, out_dir)
     return rows
 
@@ -324,77 +271,51 @@ def write_results(rows: list[dict], out_dir: str | Path) -> None:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean and spread of accuracy per (family, target) over seeds."""
+    """Mean and spread (sample std; 0 for one seed) of accuracy per (family, target) over seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["family"], r["target"]), []).append(r)
+    same = ("family", "target", "flops", "flops_ratio", "depth", "width", "resolution")
     summary = []
-    for (family, target), group in groups.items():
+    for group in groups.values():
         accuracies = torch.tensor([g["accuracy"] for g in group], dtype=torch.float64)
-        factors = {
-            key: sum(g[key] for g in group) / len(group) for key in FACTOR_KEYS if key in group[0]
-        }
-        summary.append(
-            {
-                "family": family,
-                "target": target,
-                "flops": group[0]["flops"],
-                "flops_ratio": group[0]["flops_ratio"],
-                "depth": group[0]["depth"],
-                "width": group[0]["width"],
-                "resolution": group[0]["resolution"],
-                "accuracy": accuracies.mean().item(),
-                "spread": accuracies.std().item() if len(group) > 1 else 0.0,
-                "seeds": len(group),
-                **factors,
-            }
-        )
+        factors = [key for key in FACTOR_KEYS if key in group[0]]
+        row = {key: group[0][key] for key in same}  # the same for every seed
+        row["accuracy"] = accuracies.mean().item()
+        row["spread"] = accuracies.std().item() if len(group) > 1 else 0.0
+        row["seeds"] = len(group)
+        summary.append(row | {key: sum(g[key] for g in group) / len(group) for key in factors})
     return summary
 
 
 def plot_study(rows: list[dict], path: str | Path | None = None):
-    """Accuracy against FLOPs, one line per scaling family (the paper's Figure 8 layout).
-
-    When the rows carry per-factor accuracy (synthetic data), two more panels show which part
-    of the task each family improved: the arrangement of the discs and their texture.
-    """
+    """Accuracy against FLOPs, one line per scaling family (the paper's Figure 8 layout); with
+    per-factor accuracy (synthetic data), two panels more: did arrangement or texture improve?"""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter
 
     summary = summarize(rows)
     baseline = [s for s in summary if s["family"] == "baseline"]
+    factors = [key for key in ("arrangement_accuracy", "texture_accuracy") if key in summary[0]]
     panels = [("accuracy", "validation accuracy, 24 classes (%)")]
-    panels += [
-        (key, f"{key.split('_')[0]} right (%)")
-        for key in ("arrangement_accuracy", "texture_accuracy")
-        if key in summary[0]
-    ]
+    panels += [(key, f"{key.split('_')[0]} right (%)") for key in factors]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 0.6, 4.2), squeeze=False)
-    for ax, (key, label) in zip(axes[0], panels, strict=True):
+    for ax, (key, ylabel) in zip(axes[0], panels, strict=True):
         for family in FAMILIES[1:]:
-            points = sorted(
-                baseline + [s for s in summary if s["family"] == family], key=lambda s: s["flops"]
-            )
-            if len(points) <= len(baseline):
+            scaled = [s for s in summary if s["family"] == family]
+            if not scaled:
                 continue
-            ax.errorbar(
-                [p["flops"] / 1e6 for p in points],
-                [100 * p[key] for p in points],
-                yerr=[100 * p["spread"] if key == "accuracy" else 0 for p in points],
-                marker="o",
-                capsize=3,
-                color=FAMILY_COLORS[family],
-                label=f"{family} scaling",
-            )
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+            points = sorted(baseline + scaled, key=lambda s: s["flops"])
+            x, y = [p["flops"] / 1e6 for p in points], [100 * p[key] for p in points]
+            error = [100 * p["spread"] if key == "accuracy" else 0 for p in points]
+            color, label = FAMILY_COLORS[family], f"{family} scaling"
+            ax.errorbar(x, y, yerr=error, marker="o", capsize=3, color=color, label=label)
+        ax.set(xscale="log", xlabel="FLOPs (millions of multiply-adds per image)", ylabel=ylabel)
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))  # after the scale, which resets it
         ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
-        ax.set_xlabel("FLOPs (millions of multiply-adds per image)")
-        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    best = max(
-        (s for s in summary if s["family"] != "baseline"), key=lambda s: s["accuracy"], default=None
-    )
+    scaled = [s for s in summary if s["family"] != "baseline"]
+    best = max(scaled, key=lambda s: s["accuracy"], default=None)
     title = "Scaling a small EfficientNet on synthetic objects"
     if best is not None:
         title += f": best is {best['family']} scaling ({100 * best['accuracy']:.1f} %)"
