@@ -25,6 +25,7 @@ from .scaling import (
     BETA,
     GAMMA,
     VARIANTS,
+    check_int,
     check_number,
     compound_coefficients,
     round_filters,
@@ -82,16 +83,8 @@ def scale_stages(
 
 
 def check_resolution(value, name: str = "resolution") -> int:
-    """An input resolution: an integer >= 32 (the network downsamples by 32)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{name} must be an integer number of pixels >= {MIN_RESOLUTION}, got {value!r}"
-        )
-    if value < MIN_RESOLUTION:
-        raise ValueError(
-            f"{name} must be >= {MIN_RESOLUTION} px (the network halves it 5 times), got {value}"
-        )
-    return value
+    """An input resolution: an integer >= 32 (five stride-2 stages divide it by 32)."""
+    return check_int(value, name, MIN_RESOLUTION, " px (the network halves it 5 times)")
 
 
 @dataclass(frozen=True)
@@ -118,17 +111,9 @@ class EfficientNetConfig:
         check_number(self.depth, "depth", 0, strict=True)
         check_number(self.width, "width", 0, strict=True)
         check_resolution(self.resolution)
-        if (
-            isinstance(self.num_classes, bool)
-            or not isinstance(self.num_classes, int)
-            or self.num_classes < 1
-        ):
-            raise ValueError(f"num_classes must be an integer >= 1, got {self.num_classes!r}")
-        for name in ("dropout", "stochastic_depth"):
-            if check_number(getattr(self, name), name, 0, hint=" and < 1 (a probability)") >= 1:
-                raise ValueError(
-                    f"{name} must be a probability in [0, 1), got {getattr(self, name)!r}"
-                )
+        check_int(self.num_classes, "num_classes", 1)
+        check_number(self.dropout, "dropout", 0, below=1)
+        check_number(self.stochastic_depth, "stochastic_depth", 0, below=1)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.padding not in PADDINGS:

@@ -74,18 +74,25 @@ VARIANTS: dict[str, Variant] = {
 OFFICIAL_VARIANTS = {k: v for k, v in VARIANTS.items() if k.startswith("b")}
 
 
-def check_number(value, name: str, minimum: float, *, strict: bool = False, hint: str = ""):
-    """`value` as a float if it is a finite real number >= `minimum` (> with `strict`), else raise.
-
-    The one check behind every multiplier and probability of the package, so that every error
-    names the parameter, the value and what is valid.
-    """
-    valid = f"a finite number {'>' if strict else '>='} {minimum:g}{hint}"
+def check_number(value, name: str, minimum: float, *, strict=False, below=None, hint="") -> float:
+    """`value` as a float if it is a finite real number >= `minimum` (> with `strict`) and, if
+    given, < `below`; else an error that names the parameter, the value and what is valid."""
+    valid = f"a finite number {'>' if strict else '>='} {minimum:g}"
+    valid += (f" and < {below:g}" if below is not None else "") + hint
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be {valid}, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+    too_high = below is not None and value >= below
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum) or too_high:
         raise ValueError(f"{name} must be {valid}, got {value!r}")
     return float(value)
+
+
+def check_int(value, name: str, minimum: int, hint: str = "") -> int:
+    """`value` if it is an integer >= `minimum`, else an error naming the parameter and value."""
+    kind = TypeError if isinstance(value, bool) or not isinstance(value, int) else ValueError
+    if kind is TypeError or value < minimum:
+        raise kind(f"{name} must be an integer >= {minimum}{hint}, got {value!r}")
+    return value
 
 
 def check_phi(phi: float) -> float:
