@@ -1,9 +1,7 @@
 """Training engine: `fit` and `evaluate` (notebooks 01, 03-05 and `effnet-edu train`).
 
-Each piece has a name: device and mixed precision (with the CPU bf16 policy), the paper's recipe
-(Section 5.2), the loader, one epoch, evaluation, the weight EMA, and checkpoints that are atomic,
-resumable at the last completed step and never overwrite an earlier run unless asked.
-"""
+`fit` is a short loop over named steps (the loader, one epoch, evaluation, the weight EMA,
+checkpoints) with the paper's recipe (Section 5.2) and mixed precision, with a CPU bf16 policy."""
 
 from __future__ import annotations
 
@@ -11,8 +9,9 @@ import contextlib
 import copy
 import math
 import os
+import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -21,10 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from .model import EfficientNet, EfficientNetConfig
 
 OPTIMIZERS = ("sgd", "adamw", "rmsprop", "rmsprop_tf")
 SCHEDULES = ("cosine", "step", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+DEVICES = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+DEVICE_NAME = re.compile(r"auto|(cpu|cuda|mps)(:\d+)?")  # the names DEVICES lists
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2
 LOG_EVERY = 10  # steps between reads of the running loss (a host-device sync) and NaN checks
@@ -32,13 +36,12 @@ LOG_EVERY = 10  # steps between reads of the running loss (a host-device sync) a
 
 def select_device(device: str | torch.device = "auto") -> torch.device:
     """ "auto" picks cuda, then mps, then cpu; an explicit choice must be available."""
-    device, mps = str(device), torch.backends.mps.is_available()
+    device, cuda, mps = str(device), torch.cuda.is_available(), torch.backends.mps.is_available()
+    if not DEVICE_NAME.fullmatch(device):
+        raise ValueError(f"device must be {DEVICES}, got {device!r}")
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-    kind = device.split(":")[0]
-    if kind not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
-    if (kind == "cuda" and not torch.cuda.is_available()) or (kind == "mps" and not mps):
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (device.startswith("cuda") and not cuda) or (device.startswith("mps") and not mps):
         raise ValueError(f"device {device!r} was requested but is not available here; use 'auto'")
     return torch.device(device)
 
@@ -69,12 +72,10 @@ def autocast_dtype(device: torch.device, amp: str | bool = "auto") -> torch.dtyp
 
 @contextlib.contextmanager
 def depthwise_in_fp32(model: nn.Module, device: torch.device, dtype: torch.dtype | None):
-    """The CPU bf16 policy: while training under CPU bf16 autocast, run the depthwise convolutions
-    (any `nn.Conv2d` with groups > 1) in fp32. bf16 speeds up matrix products such as the 1x1
-    convolutions, but a depthwise one does only k^2 multiply-adds per output and oneDNN's bf16
-    kernel for its backward is slower than fp32's. Hooks switch autocast off around each one and
-    cast its input to fp32 (BatchNorm and activation follow, up to the next 1x1 convolution).
-    Only for `device` cpu and `dtype` bf16, only with gradients on; removed on exit."""
+    """The CPU bf16 policy: while training under CPU bf16 autocast, depthwise convolutions (any
+    `nn.Conv2d` with groups > 1) run in fp32. bf16 pays off in matrix products such as 1x1
+    convolutions; a depthwise one does only k^2 multiply-adds per output and oneDNN's bf16 kernel
+    for its backward is slower than fp32's. Hooks, removed on exit, do it with gradients on."""
     switched_off = []  # the convolution now running with autocast off
 
     def before(module, args):
@@ -88,11 +89,10 @@ def depthwise_in_fp32(model: nn.Module, device: torch.device, dtype: torch.dtype
             torch.set_autocast_enabled("cpu", True)
             switched_off.pop()
 
-    handles = []
-    if device.type == "cpu" and dtype == torch.bfloat16:
-        for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1):
-            handles.append(conv.register_forward_pre_hook(before))
-            handles.append(conv.register_forward_hook(after, always_call=True))
+    on = device.type == "cpu" and dtype == torch.bfloat16
+    convs = [m for m in model.modules() if on and isinstance(m, nn.Conv2d) and m.groups > 1]
+    handles = [conv.register_forward_pre_hook(before) for conv in convs]
+    handles += [conv.register_forward_hook(after, always_call=True) for conv in convs]
     try:
         yield model
     finally:
@@ -102,7 +102,7 @@ def depthwise_in_fp32(model: nn.Module, device: torch.device, dtype: torch.dtype
 
 @dataclass
 class TrainConfig:
-    """Every knob of a training run. Defaults suit a short run on the synthetic data."""
+    """Every knob of a training run, checked here. Defaults suit a short run on synthetic data."""
 
     epochs: int = 5
     batch_size: int = 64
@@ -132,23 +132,30 @@ class TrainConfig:
         def whole(value, minimum):  # an int (not a bool) >= minimum
             return type(value) is int and value >= minimum
 
-        lr, steps, ema = self.lr, self.steps_per_epoch, self.ema_decay
-        finite_lr = type(lr) in (int, float) and math.isfinite(lr) and lr > 0
-        rules = [
-            ("epochs", "an integer >= 1", whole(self.epochs, 1)),
-            ("batch_size", "an integer >= 1", whole(self.batch_size, 1)),
-            ("num_workers", "an integer >= 0", whole(self.num_workers, 0)),
-            ("steps_per_epoch", "None or an integer >= 1", steps is None or whole(steps, 1)),
-            ("lr", "a finite number > 0", finite_lr),
-            ("optimizer", f"one of {OPTIMIZERS}", self.optimizer in OPTIMIZERS),
-            ("schedule", f"one of {SCHEDULES}", self.schedule in SCHEDULES),
-            ("amp", f"one of {AMP_MODES}", self.amp in AMP_MODES),
-            ("label_smoothing", "in [0, 1)", 0 <= self.label_smoothing < 1),
-            ("ema_decay", "None or in (0, 1)", ema is None or 0 < ema < 1),
-            ("warmup_epochs", ">= 0", self.warmup_epochs >= 0),
-        ]
-        for name, valid, ok in rules:
-            if not ok:
+        def number(value):  # an int or float, not a bool; nan then fails every comparison
+            return type(value) in (int, float)
+
+        rules = {  # field: (what is valid, the test of its value)
+            "epochs": ("an integer >= 1", lambda v: whole(v, 1)),
+            "batch_size": ("an integer >= 1", lambda v: whole(v, 1)),
+            "num_workers": ("an integer >= 0", lambda v: whole(v, 0)),
+            "seed": ("an integer >= 0", lambda v: whole(v, 0)),
+            "steps_per_epoch": ("None or an integer >= 1", lambda v: v is None or whole(v, 1)),
+            "lr": ("a finite number > 0", lambda v: number(v) and 0 < v < math.inf),
+            "momentum": ("in [0, 1)", lambda v: number(v) and 0 <= v < 1),
+            "weight_decay": ("a finite number >= 0", lambda v: number(v) and 0 <= v < math.inf),
+            "warmup_epochs": ("a finite number >= 0", lambda v: number(v) and 0 <= v < math.inf),
+            "step_epochs": ("a finite number > 0", lambda v: number(v) and 0 < v < math.inf),
+            "step_decay": ("in (0, 1]", lambda v: number(v) and 0 < v <= 1),
+            "label_smoothing": ("in [0, 1)", lambda v: number(v) and 0 <= v < 1),
+            "ema_decay": ("None or in (0, 1)", lambda v: v is None or number(v) and 0 < v < 1),
+            "optimizer": (f"one of {OPTIMIZERS}", lambda v: v in OPTIMIZERS),
+            "schedule": (f"one of {SCHEDULES}", lambda v: v in SCHEDULES),
+            "amp": (f"one of {AMP_MODES}", lambda v: v in AMP_MODES),
+            "device": (DEVICES, lambda v: isinstance(v, str) and DEVICE_NAME.fullmatch(v)),
+        }
+        for name, (valid, ok) in rules.items():
+            if not ok(getattr(self, name)):
                 raise ValueError(f"{name} must be {valid}, got {getattr(self, name)!r}")
 
 
@@ -171,8 +178,8 @@ def distributed_info() -> tuple[int, int]:
 
 
 def init_distributed() -> tuple[int, int, int]:
-    """Join the process group that `torchrun` describes in the environment (NCCL on GPUs, gloo
-    on CPUs). Returns (rank, local_rank, world_size); (0, 0, 1) when not launched by torchrun."""
+    """Join the process group `torchrun` describes in the environment (NCCL on GPUs, gloo on
+    CPUs). Returns (rank, local_rank, world_size); (0, 0, 1) when not launched by torchrun."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 0, 1
     local_rank, cuda = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.is_available()
@@ -184,14 +191,12 @@ def init_distributed() -> tuple[int, int, int]:
 
 
 class EpochSampler(Sampler[int]):
-    """An order that depends only on (seed, epoch): rank r of `world_size` takes every
-    world_size-th index of one permutation, at most `length` of them; `set_epoch(epoch, skip)`
-    drops the first `skip`, which is how a resumed run continues mid-epoch."""
+    """Rank r of `world_size` takes every world_size-th index of a permutation that depends only on
+    (seed, epoch), at most `length`; `set_epoch(epoch, skip)` drops the first `skip` (resume)."""
 
     def __init__(self, size, seed=0, rank=0, world_size=1, length=None):
         self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
-        self.epoch, self.skip = 0, 0
-        self.per_rank = math.ceil(size / world_size)
+        self.epoch, self.skip, self.per_rank = 0, 0, math.ceil(size / world_size)
         self.length = self.per_rank if length is None else min(length, self.per_rank)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -208,9 +213,8 @@ class EpochSampler(Sampler[int]):
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov), AdamW, RMSProp, or RMSProp with the paper's TensorFlow settings (Section
-    5.2: decay 0.9, momentum 0.9, epsilon 1e-3). No weight decay on BatchNorm parameters and
-    biases (as in the TF reference)."""
+    """SGD (Nesterov), AdamW, RMSProp, or RMSProp as in the paper (Section 5.2: decay 0.9, momentum
+    0.9, epsilon 1e-3); as in the official code, no weight decay on BatchNorm weights and biases."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
@@ -239,9 +243,8 @@ def lr_multiplier(step: int, steps_per_epoch: int, config: TrainConfig) -> float
 
 
 class ExponentialMovingAverage:
-    """A moving average of a model's weights and buffers: ema = d * ema + (1 - d) * weights,
-    with the official code's warm-up d = min(decay, (1 + t) / (10 + t)), t the updates so far
-    (TensorFlow's `ExponentialMovingAverage(decay, num_updates)`). Integer buffers are copied."""
+    """ema = d * ema + (1 - d) * weights, over weights and float buffers (integer ones are copied),
+    with TensorFlow's warm-up (`num_updates`) d = min(decay, (1 + t) / (10 + t)) after t updates."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.module, self.decay, self.updates = copy.deepcopy(model).eval(), decay, 0
@@ -279,17 +282,14 @@ def model_signature(model: nn.Module) -> dict:
 
 
 def _read_checkpoint(path, map_location="cpu", model: nn.Module | None = None) -> dict:
-    """The checkpoint in `path`, read with weights_only=True (tensors and plain data: no code
-    runs); with `model`, its architecture must match. Errors name the file and what is wrong."""
+    """The checkpoint in `path`, read with weights_only=True (no code runs); `model` must match."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # a truncated zip, a text file, a pickle of other objects
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise CheckpointError(
-            f"{path} is truncated, corrupt or not a checkpoint: {reason}"
-        ) from None
+        why = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise CheckpointError(f"{path} is truncated, corrupt or not a checkpoint: {why}") from None
     if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("model_signature"), dict)):
         tensors = isinstance(checkpoint, dict) and all(map(torch.is_tensor, checkpoint.values()))
         found = "a plain state_dict" if tensors else f"a {type(checkpoint).__name__}"
@@ -304,17 +304,14 @@ def _read_checkpoint(path, map_location="cpu", model: nn.Module | None = None) -
 
 
 def load_checkpoint(path, model: nn.Module | None = None, map_location="cpu"):
-    """(model in eval mode, checkpoint) from a checkpoint of `fit` or any dict with "model"
-    weights and a "model_signature". With `model`, its architecture must match; without, an
-    `EfficientNet` is rebuilt from the stored config. The weights are the EMA's if the run kept
-    one, cast to the model's dtype. A bad file raises `CheckpointError` naming it."""
+    """(model in eval mode, checkpoint) from `fit`'s checkpoint or a dict with "model" weights and
+    a "model_signature": into `model` if given (same architecture), else into an `EfficientNet`
+    rebuilt from its config; the EMA's weights if kept, cast to the model's dtype."""
     checkpoint = _read_checkpoint(path, map_location, model)
     weights = checkpoint.get("ema") or checkpoint.get("model")
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path} holds no model weights (no 'model' state_dict)")
     if model is None:
-        from .model import EfficientNet, EfficientNetConfig
-
         stored = dict(checkpoint["model_signature"])
         if stored.pop("class", None) != "EfficientNet":
             raise CheckpointError(f"{path} holds no EfficientNet; pass model=... to load it")
@@ -324,57 +321,6 @@ def load_checkpoint(path, model: nn.Module | None = None, map_location="cpu"):
             raise CheckpointError(f"{path}: cannot rebuild its model ({error})") from None
     _unwrap(model).load_state_dict(weights)  # copies each tensor, cast to the model's dtype
     return model.eval(), checkpoint
-
-
-def _rng_state(device: torch.device) -> dict:
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return {"cpu": torch.get_rng_state(), "cuda": cuda}
-
-
-@dataclass
-class _Run:
-    """A run in progress: everything its checkpoint holds, to continue exactly where it stopped."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: LambdaLR
-    scaler: torch.amp.GradScaler
-    ema: ExponentialMovingAverage | None
-    totals: torch.Tensor  # this epoch's (loss sum, correct) on the device: no sync per step
-    rng: dict  # the generators' states after the last completed step
-    epoch: int = 0  # the epoch in progress, from 0
-    step: int = 0  # optimiser steps completed in it
-    history: History = field(default_factory=History)
-    in_update: bool = False  # True while the weights change: no consistent state to save
-    PARTS = ("model", "optimizer", "scheduler", "scaler")
-
-    def save(self, path: Path, config: TrainConfig) -> None:
-        """Write a temporary file, then rename it: never a half-written checkpoint."""
-        state = {name: getattr(self, name).state_dict() for name in self.PARTS}
-        state.update(ema=None if self.ema is None else self.ema.module.state_dict())
-        state.update(ema_updates=0 if self.ema is None else self.ema.updates, rng=self.rng)
-        state.update(epoch=self.epoch, step=self.step, totals=self.totals.cpu())
-        state.update(history=list(self.history), format=CHECKPOINT_FORMAT)
-        state.update(model_signature=model_signature(self.model), train_config=asdict(config))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(state, temporary)
-        os.replace(temporary, path)
-
-    def resume(self, path: Path, device: torch.device) -> None:
-        checkpoint = _read_checkpoint(path, model=self.model)
-        if checkpoint.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path} holds no training state of format {CHECKPOINT_FORMAT}")
-        for name in self.PARTS:
-            getattr(self, name).load_state_dict(checkpoint[name])
-        if self.ema is not None and checkpoint["ema"] is not None:
-            self.ema.module.load_state_dict(checkpoint["ema"])
-            self.ema.updates = checkpoint["ema_updates"]
-        self.epoch, self.step, self.rng = checkpoint["epoch"], checkpoint["step"], checkpoint["rng"]
-        self.totals, self.history = checkpoint["totals"].to(device), History(checkpoint["history"])
-        torch.set_rng_state(self.rng["cpu"])
-        if device.type == "cuda" and self.rng["cuda"] is not None:
-            torch.cuda.set_rng_state(self.rng["cuda"], device)
 
 
 def _checkpoint_path(config: TrainConfig) -> Path | None:
@@ -394,9 +340,8 @@ def evaluate(model, data, device=None, batch_size=256, amp="auto", channels_last
     """Mean loss and top-1 accuracy of `model` on `data` (a Dataset or DataLoader), on the
     model's device (or, with `device`, moved there first); its train/eval mode is restored.
     ``amp="off"``: deterministic fp32. Under DDP, every rank evaluates all of `data`."""
-    if device is None:
-        device = next(model.parameters(), torch.empty(0)).device
-    device = select_device(device)
+    here = next(model.parameters(), torch.empty(0)).device  # where the model is
+    device = select_device(here if device is None else device)
     dtype = autocast_dtype(device, amp)
     if not isinstance(data, DataLoader):  # its own generator: leaves the global RNG alone
         data = DataLoader(data, batch_size, generator=torch.Generator())
@@ -417,16 +362,14 @@ def evaluate(model, data, device=None, batch_size=256, amp="auto", channels_last
 
 
 def _build_loader(data, config: TrainConfig, device: torch.device) -> DataLoader:
-    """The training loader, built once: full batches in an order that depends only on (seed,
-    epoch); worker processes, if any, are kept from one epoch to the next."""
+    """The training loader, built once (workers kept between epochs): full batches, shuffled."""
     (rank, world), batch, cap = distributed_info(), config.batch_size, config.steps_per_epoch
-    per_rank = math.ceil(len(data) / world)
-    if per_rank < batch:
+    samples = math.ceil(len(data) / world)
+    if samples < batch:
         raise ValueError(
-            f"batch_size {batch} is larger than the {per_rank} training samples per process; "
-            "use a smaller batch_size"
+            f"batch_size {batch} is larger than the {samples} training samples per process"
         )
-    steps = per_rank // batch if cap is None else min(per_rank // batch, cap)
+    steps = samples // batch if cap is None else min(samples // batch, cap)
     sampler = EpochSampler(len(data), config.seed, rank, world, length=steps * batch)
     workers = {"num_workers": config.num_workers, "persistent_workers": config.num_workers > 0}
     # Its own generator: starting an epoch must not draw from the global RNG, or a resumed
@@ -436,119 +379,154 @@ def _build_loader(data, config: TrainConfig, device: torch.device) -> DataLoader
     return DataLoader(data, batch, generator=generator, **workers, **options)
 
 
-def _running_means(run: _Run, batch: int, world: int = 1) -> tuple[float, float]:
-    """The epoch's mean loss and accuracy so far, over `world` ranks (reads the device)."""
-    totals = run.totals.clone()
-    if world > 1:
-        dist.all_reduce(totals)
-    loss, accuracy = (totals / (run.step * batch * world)).tolist()
-    if not math.isfinite(loss):
-        where, lr = f"by step {run.step} of epoch {run.epoch + 1}", run.optimizer.defaults["lr"]
-        raise FloatingPointError(f"the training loss is {loss} {where}; lower lr (now {lr})")
-    return loss, accuracy
+class _Run:
+    """A run in progress: its parts and how far it got, all that its checkpoint holds."""
 
+    PARTS = ("model", "optimizer", "scheduler", "scaler")  # saved with their state_dict
 
-def _train_epoch(net, loader: DataLoader, run: _Run, config: TrainConfig, on_step) -> dict:
-    """Train from step `run.step` of epoch `run.epoch` to the epoch's end; returns its record."""
-    from tqdm.auto import tqdm
+    def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device, steps: int):
+        self.config, self.device, self.steps = config, device, steps  # steps per epoch
+        (self.rank, self.world), self.dtype = distributed_info(), autocast_dtype(device, config.amp)
+        self.layout = torch.channels_last if config.channels_last else torch.preserve_format
+        self.model = model.to(device, memory_format=self.layout)
+        self.optimizer = build_optimizer(model, config)
+        self.scheduler = LambdaLR(self.optimizer, lambda step: lr_multiplier(step, steps, config))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        decay = config.ema_decay
+        self.ema = None if decay is None else ExponentialMovingAverage(model, decay)
+        self.totals = torch.zeros(2, device=device)  # the epoch's (loss sum, correct), on device
+        self.epoch, self.step, self.history = 0, 0, History()  # epoch in progress, steps done
+        self.in_update = False  # True while the weights change: no consistent state to save
+        self.rng = self.rng_state()  # the generators' states after the last completed step
 
-    device, (rank, world), batch = run.totals.device, distributed_info(), config.batch_size
-    dtype, steps = autocast_dtype(device, config.amp), loader.sampler.length // batch
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    layout = torch.channels_last if config.channels_last else torch.preserve_format
-    loader.sampler.set_epoch(run.epoch, skip=run.step * batch)
-    start, first_step, show = time.perf_counter(), run.step, config.progress and rank == 0
-    bar = tqdm(total=steps, initial=run.step, desc=f"epoch {run.epoch + 1}", disable=not show)
-    net.train()
-    for images, labels, *_ in loader:
-        images = images.to(device, non_blocking=True, memory_format=layout)
-        labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = net(images)
-            loss = criterion(logits.float(), labels)
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.in_update = True
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.scheduler.step()
-        if run.ema is not None:
-            run.ema.update(run.model)
-        run.totals += torch.stack([loss.detach() * batch, (logits.argmax(1) == labels).sum()])
-        run.step, run.rng, run.in_update = run.step + 1, _rng_state(device), False
-        bar.update()
-        if run.step % LOG_EVERY == 0:
-            bar.set_postfix_str("loss {:.3f}, accuracy {:.3f}".format(*_running_means(run, batch)))
-        if on_step is not None:
-            on_step(run.epoch * steps + run.step)
-    bar.close()
-    (loss, accuracy), seconds = _running_means(run, batch, world), time.perf_counter() - start
-    lr, images = run.optimizer.param_groups[0]["lr"], (run.step - first_step) * batch * world
-    record = {"epoch": run.epoch + 1, "loss": loss, "accuracy": accuracy, "lr": lr}
-    return record | {"images_per_s": images / seconds, "seconds": seconds}
+    def rng_state(self) -> dict:
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+    def train_epoch(self, net: nn.Module, loader: DataLoader, on_step) -> dict:
+        """Train from step `step` of epoch `epoch` to the epoch's end; returns its record."""
+        device, batch, dtype, first = self.device, self.config.batch_size, self.dtype, self.step
+        criterion = nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
+        loader.sampler.set_epoch(self.epoch, skip=self.step * batch)
+        start, hide = time.perf_counter(), self.rank != 0 or not self.config.progress
+        bar = tqdm(total=self.steps, initial=first, desc=f"epoch {self.epoch + 1}", disable=hide)
+        net.train()
+        for images, labels, *_ in loader:
+            images = images.to(device, non_blocking=True, memory_format=self.layout)
+            labels = labels.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = net(images)
+                loss = criterion(logits.float(), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.in_update = True
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.totals += torch.stack([loss.detach() * batch, (logits.argmax(1) == labels).sum()])
+            self.step, self.rng, self.in_update = self.step + 1, self.rng_state(), False
+            bar.update()
+            if self.step % LOG_EVERY == 0:
+                bar.set_postfix_str("loss {:.3f}, accuracy {:.3f}".format(*self.means()))
+            if on_step is not None:
+                on_step(self.epoch * self.steps + self.step)
+        bar.close()
+        (loss, accuracy), seconds = self.means(self.world), time.perf_counter() - start
+        lr, images = self.optimizer.param_groups[0]["lr"], (self.step - first) * batch * self.world
+        record = {"epoch": self.epoch + 1, "loss": loss, "accuracy": accuracy, "lr": lr}
+        return record | {"images_per_s": images / seconds, "seconds": seconds}
+
+    def means(self, world: int = 1) -> tuple[float, float]:
+        """The epoch's mean loss and accuracy so far, over `world` ranks (reads the device)."""
+        totals = self.totals.clone()
+        if world > 1:
+            dist.all_reduce(totals)
+        loss, accuracy = (totals / (self.step * self.config.batch_size * world)).tolist()
+        if not math.isfinite(loss):
+            where, lr = f"by step {self.step} of epoch {self.epoch + 1}", self.config.lr
+            raise FloatingPointError(f"the training loss is {loss} {where}; lower lr (now {lr})")
+        return loss, accuracy
+
+    def save(self, path: Path) -> None:
+        """Write a temporary file, then rename it: never a half-written checkpoint."""
+        state = {name: getattr(self, name).state_dict() for name in self.PARTS}
+        state.update(ema=None if self.ema is None else self.ema.module.state_dict())
+        state.update(ema_updates=0 if self.ema is None else self.ema.updates, rng=self.rng)
+        state.update(epoch=self.epoch, step=self.step, totals=self.totals.cpu())
+        state.update(history=list(self.history), format=CHECKPOINT_FORMAT)
+        state.update(model_signature=model_signature(self.model), train_config=asdict(self.config))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+
+    def resume(self, path: Path) -> None:
+        checkpoint = _read_checkpoint(path, model=self.model)
+        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path} holds no training state of format {CHECKPOINT_FORMAT}")
+        for name in self.PARTS:
+            getattr(self, name).load_state_dict(checkpoint[name])
+        if self.ema is not None and checkpoint["ema"] is not None:
+            self.ema.module.load_state_dict(checkpoint["ema"])
+            self.ema.updates = checkpoint["ema_updates"]
+        self.epoch, self.step, self.rng = checkpoint["epoch"], checkpoint["step"], checkpoint["rng"]
+        self.totals = checkpoint["totals"].to(self.device)
+        self.history = History(checkpoint["history"])
+        torch.set_rng_state(self.rng["cpu"])
+        if self.device.type == "cuda" and self.rng["cuda"] is not None:
+            torch.cuda.set_rng_state(self.rng["cuda"], self.device)
 
 
 def fit(model, train_data, val_data=None, config=None, on_step=None, on_epoch=None, **overrides):
-    """Train `model` on `train_data` (a `TrainConfig`, or its fields as keyword arguments);
+    """Train `model` on `train_data` with a `TrainConfig` (or its fields as keyword arguments);
     returns the per-epoch `History`. `on_step(global_step)` runs after every optimiser step,
-    `on_epoch(history)` after every epoch (live plots); validation scores the EMA if there is one.
+    `on_epoch(history)` after every epoch; validation scores the EMA if there is one.
 
-    On `model`: moves it to the device (channels_last if `channels_last`) and trains it in place;
-    it ends in train mode with the last raw weights (the EMA is in the checkpoint). For the run
-    only, on a CPU under bf16, `depthwise_in_fp32` hooks its depthwise convolutions. Seeds torch.
-
-    With `out_dir`, a checkpoint is written atomically after every epoch and when the run stops
-    (Ctrl-C, Jupyter's stop button, an error): the state after the last completed step, from
-    which ``resume=True`` continues exactly.
-    """
+    Seeds torch; moves `model` to the device (channels_last if asked) and trains it in place; it
+    ends in train mode with the last raw weights (the EMA's are in the checkpoint). With `out_dir`,
+    a checkpoint is written atomically after every epoch and when the run stops (Ctrl-C, an
+    error): the state after the last completed step, from which ``resume=True`` continues. While it
+    runs, on a CPU under bf16, `depthwise_in_fp32` keeps the depthwise convolutions in fp32."""
     config = TrainConfig(**{**(asdict(config) if config is not None else {}), **overrides})
-    device, (rank, world) = select_device(config.device), distributed_info()
-    dtype = autocast_dtype(device, config.amp)
+    device = select_device(config.device)
     torch.manual_seed(config.seed)
-    layout = torch.channels_last if config.channels_last else torch.preserve_format
-    model.to(device, memory_format=layout)
     loader, path = _build_loader(train_data, config, device), _checkpoint_path(config)
-    optimizer, steps = build_optimizer(model, config), len(loader)
-    schedule = LambdaLR(optimizer, lambda step: lr_multiplier(step, steps, config))
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ema = None if config.ema_decay is None else ExponentialMovingAverage(model, config.ema_decay)
-    totals, rng = torch.zeros(2, device=device), _rng_state(device)
-    run = _Run(model, optimizer, schedule, scaler, ema, totals, rng)
+    run = _Run(model, config, device, len(loader))
     if config.resume:
-        run.resume(path, device)
-        if rank == 0:
+        run.resume(path)
+        if run.rank == 0:
             print(f"Resuming from {path}: epoch {run.epoch + 1}, step {run.step}")
-    net = model
-    if world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    ids = [device.index] if device.type == "cuda" else None  # the GPU of this process, if any
+    net = nn.parallel.DistributedDataParallel(model, device_ids=ids) if run.world > 1 else model
     net = torch.compile(net) if config.compile else net
     evaluation = (2 * config.batch_size, config.amp, config.channels_last)  # batch, amp, layout
     try:
-        with depthwise_in_fp32(model, device, dtype):
+        with depthwise_in_fp32(model, device, run.dtype):
             while run.epoch < config.epochs:
-                record = _train_epoch(net, loader, run, config, on_step)
+                record = run.train_epoch(net, loader, on_step)
                 if val_data is not None:
-                    scored = model if ema is None else ema.module
+                    scored = model if run.ema is None else run.ema.module
                     result = evaluate(scored, val_data, device, *evaluation)
                     record.update(val_loss=result["loss"], val_accuracy=result["accuracy"])
                 run.history.append(record)
-                run.epoch, run.step, run.rng = run.epoch + 1, 0, _rng_state(device)
+                run.epoch, run.step, run.rng = run.epoch + 1, 0, run.rng_state()
                 run.totals.zero_()
-                if path is not None and rank == 0:
-                    run.save(path, config)
-                if rank == 0 and on_epoch is not None:
+                if path is not None and run.rank == 0:
+                    run.save(path)
+                if run.rank == 0 and on_epoch is not None:
                     on_epoch(run.history)
-                if rank == 0 and config.progress:
+                if run.rank == 0 and config.progress:
                     shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
                     print(f"epoch {record['epoch']}/{config.epochs}: {shown}")
     except BaseException as error:
-        if path is not None and rank == 0:
+        if path is not None and run.rank == 0:
             stopped = f"Stopped ({type(error).__name__})"
             if run.in_update or isinstance(error, FloatingPointError):  # no consistent state
                 print(f"{stopped}: kept the checkpoint of the last finished epoch, {path}")
             else:
-                run.save(path, config)
+                run.save(path)
                 print(f"{stopped} at epoch {run.epoch + 1}, step {run.step}: saved {path}")
         raise
     return run.history

@@ -17,6 +17,7 @@ from effnet_edu.training import (
     fit,
     load_checkpoint,
     lr_multiplier,
+    select_device,
 )
 
 
@@ -192,18 +193,40 @@ def test_resume_without_checkpoint_is_an_error(tmp_path):
         ("epochs", -1),
         ("batch_size", 0),
         ("num_workers", -2),
+        ("seed", -1),
+        ("seed", 1.5),
         ("lr", 0.0),
+        ("lr", float("nan")),
+        ("momentum", 1.0),
+        ("momentum", -0.1),
+        ("weight_decay", -1e-4),
+        ("weight_decay", float("inf")),
+        ("warmup_epochs", float("nan")),
+        ("warmup_epochs", float("inf")),
+        ("step_epochs", 0),
         ("optimizer", "lamb"),
         ("schedule", "poly"),
         ("amp", "fp8"),
         ("label_smoothing", 1.0),
         ("ema_decay", 1.5),
+        ("device", "tpu"),
+        ("device", "cuda:x"),
     ],
 )
 def test_bad_train_config_names_the_field_and_value(field, value):
     with pytest.raises(ValueError) as error:
         TrainConfig(**{field: value})
     assert field in str(error.value) and repr(value) in str(error.value)
+
+
+def test_device_names_are_checked_by_name_alone():
+    """TrainConfig takes any valid name (availability is checked when training starts), and
+    select_device refuses the names that TrainConfig refuses, with the same message."""
+    for name in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        TrainConfig(device=name)
+    assert select_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device must be .*'cuda:N'.*got 'gpu'"):
+        select_device("gpu")
 
 
 def test_batch_larger_than_data_is_explained():
