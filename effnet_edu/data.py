@@ -1,8 +1,6 @@
-"""The datasets of the course behind one call, `get_dataset`: synthetic, CIFAR-10, Imagenette,
-folders. The synthetic data lives in `synthetic` (importable from here too), pictures in `plots`."""
+"""`get_dataset`: the course's datasets (synthetic, CIFAR-10, Imagenette, folders) in one call."""
 
 import os
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -10,7 +8,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
-from . import synthetic
+from . import synthetic  # the synthetic data and its renderer (pictures: `plots`)
 from .synthetic import MIN_SYNTHETIC_RESOLUTION, SyntheticObjects, check_int, check_split
 
 DATASET_NAMES = ("synthetic", "cifar10", "imagenette", "folder:PATH")
@@ -67,21 +65,18 @@ def get_dataset(
     seed: int = 0,
 ) -> Dataset:
     """One call for every dataset of the course; images come out as (3, R, R) floats in [0, 1].
-
     "synthetic": `SyntheticObjects`, items (image, label, mask). "cifar10" (its test set for "val"
-    and "test"), "imagenette" (160 px) and "folder:PATH" (an ImageFolder) are resized (all but
-    CIFAR-10 centre-cropped) and yield (image, label); `num_samples` keeps a random subset (`seed`).
-    """
+    and "test"), "imagenette" (160 px) and "folder:PATH" (an ImageFolder): shorter side resized to
+    R, centre square kept, items (image, label); `num_samples` keeps a random subset (`seed`)."""
     if not isinstance(name, str) or not (name in DATASET_NAMES[:3] or name.startswith("folder:")):
         raise ValueError(f"unknown dataset name {name!r}; valid: {', '.join(DATASET_NAMES)}")
     if name == "synthetic":
         return SyntheticObjects(split, num_samples, resolution, seed, transform)
     split, seed = check_split(split), check_int(seed, "seed", 0)
-    resolution = check_int(resolution, "resolution", MIN_SYNTHETIC_RESOLUTION, " pixels")
+    r = check_int(resolution, "resolution", MIN_SYNTHETIC_RESOLUTION, " pixels")
     num_samples = None if num_samples is None else check_int(num_samples, "num_samples", 1)
-    steps = [transforms.Resize(resolution)]  # shorter side -> resolution
-    steps += [] if name == "cifar10" else [transforms.CenterCrop(resolution)]
-    steps += [transforms.ToTensor()] + ([transform] if transform is not None else [])
+    steps = [transforms.Resize(r), transforms.CenterCrop(r), transforms.ToTensor()]
+    steps += [] if transform is None else [transform]
     dataset = _real_dataset(name, split, root, download, transforms.Compose(steps))
     if num_samples is None:
         return dataset
@@ -101,10 +96,5 @@ def class_names(dataset: Dataset) -> list[str]:
     return [c[0] if isinstance(c, tuple) else str(c) for c in dataset.classes]
 
 
-def __getattr__(name: str):  # names from before the split: the synthetic data's, the pictures'
-    if name in ("plot_class_grid", "plot_resolution_grid"):
-        warnings.warn(f"use effnet_edu.plots.{name}", DeprecationWarning, stacklevel=2)
-        from . import plots
-
-        return getattr(plots, name)
+def __getattr__(name: str):  # the synthetic data's names, from when it lived here
     return getattr(synthetic, name)

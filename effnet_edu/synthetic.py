@@ -1,19 +1,11 @@
 """A synthetic dataset, rendered on the fly, that needs each scaling dimension (Section 3.2).
 
-- **resolution**: four *textures* (plain, stripes, grid, hex), 4.8-6 px per period at 64 px:
-  clear from 48 px, faint at 32 px, removed below about 26 px, where they would be finer than
-  two pixels (beyond Nyquist), as a camera's anti-aliasing filter would.
-- **depth**: three *arrangements* (line, L, triangle) of three identical discs across the image:
-  up close every disc looks the same, only a large receptive field sees the layout.
-- **width**: 3 arrangements x 2 colour families x 4 textures = 24 classes to hold apart.
-The target (the three discs, the largest shapes) sits among smaller textured distractors, lines
-and smooth colour noise; each sample carries the target's mask (notebook 05 compares Grad-CAM
-with it). Notebooks 01, 03, 04, 05 and the scale study train on it.
-"""
+24 classes (width) = 3 *arrangements* x 2 colour families x 4 *textures*. The arrangement (line,
+L, triangle) of three identical discs needs depth: only a large receptive field sees the layout.
+The textures (plain, stripes, grid, hex; 4.8-6 px per period at 64 px) need resolution: clear
+from 48 px, removed below about 26 px, where a period is under two pixels (Nyquist). The discs
+sit among smaller distractors, lines and colour noise; their mask comes with each sample."""
 
-from __future__ import annotations
-
-import functools
 import math
 from collections.abc import Callable
 
@@ -28,14 +20,11 @@ TEXTURES = ("plain", "stripes", "grid", "hex")  # fine pattern on the discs: nee
 SPLITS = ("train", "val", "test")
 DEFAULT_NUM_SAMPLES = {"train": 10_000, "val": 2_000, "test": 2_000}
 MIN_SYNTHETIC_RESOLUTION = 16
+_CLASS_GRID = (len(ARRANGEMENTS), len(COLOURS), len(TEXTURES))  # label = index into this grid
 
-# Each texture is a sum of cosine gratings of one spatial frequency; they differ only in how many
-# gratings there are and at which angles (plain: none, stripes: one, grid: two at right angles,
-# hex: three at 60 degrees). Dividing by sqrt(count) gives every texture the same energy, so
-# "how much fine detail" cannot tell stripes, grid and hex apart -- only its shape can.
-_GRATING_ANGLES = torch.tensor(
-    [[0.0, 0, 0], [0, 0, 0], [0, math.pi / 2, 0], [0, math.pi / 3, 2 * math.pi / 3]]
-)
+# A texture sums 0-3 cosine gratings of one frequency (plain, stripes, grid at right angles, hex
+# at 60 degrees), over sqrt(count): all have the same energy, only the pattern tells them apart.
+_GRATING_ANGLES = torch.tensor([[0.0, 0, 0], [0, 0, 0], [0, 90, 0], [0, 60, 120]]).deg2rad()
 _GRATING_WEIGHTS = torch.tensor([[0.0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]])
 _GRATING_WEIGHTS /= _GRATING_WEIGHTS.sum(dim=1, keepdim=True).clamp(min=1).sqrt()
 TEXTURE_PERIOD_PIXELS_AT_64 = (4.8, 6.0)  # period range, in pixels of a 64 px image
@@ -64,13 +53,9 @@ def synthetic_classes() -> list[tuple[str, str, str]]:
 def synthetic_class_groups() -> dict[str, list[list[int]]]:
     """Sets of classes that differ in one factor only, e.g. `groups["texture"][0] == [0, 1, 2, 3]`:
     "texture" sets need resolution, "arrangement" sets a large receptive field (depth)."""
-    groups: dict[str, list[list[int]]] = {}
-    for position, factor in enumerate(("arrangement", "colour", "texture")):
-        siblings: dict[tuple, list[int]] = {}
-        for label, values in enumerate(synthetic_classes()):
-            siblings.setdefault(values[:position] + values[position + 1 :], []).append(label)
-        groups[factor] = list(siblings.values())
-    return groups
+    grid = torch.arange(math.prod(_CLASS_GRID)).reshape(_CLASS_GRID)  # (3, 2, 4) labels
+    factors = ("arrangement", "colour", "texture")  # a set is a line of the grid along one axis
+    return {f: grid.movedim(axis, -1).flatten(0, 1).tolist() for axis, f in enumerate(factors)}
 
 
 def check_int(value, name: str, minimum: int, hint: str = "") -> int:
@@ -117,40 +102,38 @@ def band_coverage(distance: torch.Tensor, width: torch.Tensor, pixel: float) -> 
 def hsv_to_rgb(hue: torch.Tensor, saturation: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """(...,) hue, saturation, value in [0, 1] -> (..., 3) RGB in [0, 1]."""
     k = (torch.tensor([5.0, 3.0, 1.0]) + hue[..., None] * 6) % 6  # (..., 3)
-    ramp = torch.minimum(k, 4 - k).clamp(0.0, 1.0)
-    return value[..., None] * (1 - saturation[..., None] * ramp)
+    return value[..., None] * (1 - saturation[..., None] * torch.minimum(k, 4 - k).clamp(0.0, 1.0))
 
 
 def texture(x: torch.Tensor, y: torch.Tensor, shapes: dict, pixel: float) -> torch.Tensor:
-    """(B, H, W) zero-mean texture at x: (B, 1, W), y: (B, H, 1), blurred for `pixel`-sized pixels.
-    `shapes`: "texture" (B,) indexes `TEXTURES`; "period" (B,) in scene units; "angle" (B,) and
-    "phase" (B, 3), one per grating, in radians."""
+    """(B, H, W) zero-mean texture at x: (B, 1, W), y: (B, H, 1), blurred for `pixel`-sized pixels,
+    from `shapes`' "texture" (B,) index, "period" (B,) in scene units, "angle", "phase" (B, 3)."""
     kind, period = shapes["texture"], shapes["period"]
     angles = shapes["angle"][:, None] + _GRATING_ANGLES[kind]  # (B, 3)
     weights = _GRATING_WEIGHTS[kind] * grating_contrast(period / pixel)[:, None]  # (B, 3)
     wavenumber = (2 * math.pi / period)[:, None]  # (B, 1)
     kx, ky = wavenumber * angles.cos(), wavenumber * angles.sin()  # (B, 3) each
-    kx, ky, phase, weights = (t[:, :, None, None] for t in (kx, ky, shapes["phase"], weights))
-    value = 0.0
-    for i in range(3):  # one grating at a time: (B, H, W) tensors stay small
-        wave = torch.cos((kx[:, i] * x + phase[:, i]) + ky[:, i] * y)  # (B, H, W)
-        value = value + weights[:, i] * wave
-    return value
+    kx, ky, phase, w = (t[:, :, None, None] for t in (kx, ky, shapes["phase"], weights))
+    return sum(w[:, i] * torch.cos((kx[:, i] * x + phase[:, i]) + ky[:, i] * y) for i in range(3))
 
 
 def _draw_scenes(seed: int, split: str, chunk: int) -> dict[str, torch.Tensor]:
-    """Every random number of scenes [240 chunk, 240 (chunk + 1)), in units where the image spans
-    [-1, 1]. A generator per chunk: 1,000 samples are the first 1,000 of 10,000, at any resolution;
-    NumPy's SeedSequence makes nearby seeds and the three splits unrelated streams."""
+    """The random numbers of scenes [240 chunk, 240 (chunk + 1)) (the image spans [-1, 1]), from a
+    generator per chunk (NumPy's SeedSequence: unrelated streams for nearby seeds and the splits),
+    so that 1,000 samples are the first 1,000 of 10,000, at any resolution."""
     state = np.random.SeedSequence([seed, SPLITS.index(split), chunk]).generate_state(1)
     n, g = _CHUNK, torch.Generator().manual_seed(int(state[0]))
 
     def uniform(low, high, *shape):
         return low + (high - low) * torch.rand(n, *shape, generator=g)
 
-    label = torch.randperm(n, generator=g) % len(synthetic_classes())  # 10 of each class
-    arrangement = label // (len(COLOURS) * len(TEXTURES))
-    colour = label // len(TEXTURES) % len(COLOURS)
+    def grating(*shape):  # a texture's period (scene units), angle and three phases (radians)
+        period = uniform(*TEXTURE_PERIOD_PIXELS_AT_64, *shape) * 2 / 64
+        angle = uniform(0, math.pi, *shape)
+        return {"period": period, "angle": angle, "phase": uniform(0, 2 * math.pi, *shape, 3)}
+
+    label = torch.randperm(n, generator=g) % math.prod(_CLASS_GRID)  # 10 of each class
+    arrangement, colour, texture_index = torch.unravel_index(label, _CLASS_GRID)
     # The three discs: a fixed layout per arrangement (line, L, triangle), scaled, rotated, moved.
     scale = uniform(*SCALE_JITTER)
     radius = PART_RADIUS * scale  # (n,)
@@ -164,56 +147,48 @@ def _draw_scenes(seed: int, split: str, chunk: int) -> dict[str, torch.Tensor]:
     cos, sin, (px, py) = rotation.cos()[:, None], rotation.sin()[:, None], parts.unbind(-1)
     parts = torch.stack([cos * px - sin * py, sin * px + cos * py], dim=-1)
     limit = (0.97 - radius)[:, None]  # every disc stays whole inside the image
-    low, high = -limit - parts.amin(dim=1), limit - parts.amax(dim=1)  # (n, 2) allowed shifts
-    parts = parts + (low + (high - low) * torch.rand(n, 2, generator=g))[:, None, :]
+    parts = parts + uniform(-limit - parts.amin(dim=1), limit - parts.amax(dim=1), 2)[:, None, :]
     hue = torch.tensor([HUE_CENTRES[c] for c in COLOURS])[colour] + uniform(-HUE_JITTER, HUE_JITTER)
     scene = {
         "label": label,
         "parts": parts,
         "radius": radius,
-        "target_rgb": hsv_to_rgb(hue % 1.0, uniform(0.55, 0.9), uniform(0.45, 0.7)),  # (n, 3)
-        "texture": label % len(TEXTURES),
-        "period": uniform(*TEXTURE_PERIOD_PIXELS_AT_64) * 2 / 64,
-        "angle": uniform(0, math.pi),
-        "phase": uniform(0, 2 * math.pi, 3),
-        # background: a low-saturation colour plus two octaves of smooth colour noise
+        "rgb": hsv_to_rgb(hue % 1.0, uniform(0.55, 0.9), uniform(0.45, 0.7)),  # (n, 3)
+        "texture": texture_index,
+        **grating(),
         "background_rgb": hsv_to_rgb(uniform(0, 1), uniform(0.1, 0.4), uniform(0.35, 0.75)),
-        "noise_coarse": uniform(-0.5, 0.5, 3, 4, 4),
+        "noise_coarse": uniform(-0.5, 0.5, 3, 4, 4),  # two octaves of smooth colour noise
         "noise_fine": uniform(-0.5, 0.5, 3, 8, 8),
-        # lines: x cos(angle) + y sin(angle) = offset
-        "line_on": torch.rand(n, NUM_LINES, generator=g) < 0.75,
-        "line_angle": uniform(0, math.pi, NUM_LINES),
+        "line_on": uniform(0, 1, NUM_LINES) < 0.75,
+        "line_angle": uniform(0, math.pi, NUM_LINES),  # x cos(angle) + y sin(angle) = offset
         "line_offset": uniform(-0.9, 0.9, NUM_LINES),
         "line_width": uniform(0.012, 0.035, NUM_LINES),
         "line_rgb": uniform(0, 1, NUM_LINES, 3),
     }
-    # Distractors: smaller shapes with the same textures in any colour. Each takes the first of
-    # 8 candidate positions that keeps it off the three discs.
+    # Distractors: smaller textured shapes of any colour, each at the first of 8 candidate positions
+    # that keeps it off the discs (the first one if none does: rare).
     k = NUM_DISTRACTORS
     d_radius = uniform(*DISTRACTOR_RADIUS, k)  # (n, k)
     candidates = uniform(-0.9, 0.9, k, 8, 2)  # (n, k, 8, 2)
     gap = (candidates[:, :, :, None, :] - parts[:, None, None, :, :]).norm(dim=-1)  # (n,k,8,3)
     free = (gap > (radius[:, None, None, None] + d_radius[:, :, None, None] + 0.03)).all(-1)
-    first_free = free.float().argmax(dim=-1)  # (n, k); 0 when none is free (rare): overlap then
     distractors = {
-        "on": torch.rand(n, k, generator=g) < 0.75,
-        "centre": candidates[torch.arange(n)[:, None], torch.arange(k), first_free],  # (n, k, 2)
+        "on": uniform(0, 1, k) < 0.75,
+        "centre": candidates[torch.arange(n)[:, None], torch.arange(k), free.float().argmax(-1)],
         "radius": d_radius,
         "shape": torch.randint(len(DISTRACTOR_SHAPES), (n, k), generator=g),
         "rotation": uniform(0, 2 * math.pi, k),
         "rgb": hsv_to_rgb(uniform(0, 1, k), uniform(0.3, 0.9, k), uniform(0.35, 0.9, k)),
         "texture": torch.randint(len(TEXTURES), (n, k), generator=g),
-        "period": uniform(*TEXTURE_PERIOD_PIXELS_AT_64, k) * 2 / 64,
-        "angle": uniform(0, math.pi, k),
-        "phase": uniform(0, 2 * math.pi, k, 3),
+        **grating(k),
     }
     return scene | {f"distractor_{key}": value for key, value in distractors.items()}
 
 
 def _shape_signed_distance(dx: torch.Tensor, dy: torch.Tensor, shapes: dict) -> torch.Tensor:
     """(N, C, C) signed distance (< 0 inside) at offsets dx: (N, 1, C), dy: (N, C, 1) from the
-    centres of `shapes` ("shape" indexes `DISTRACTOR_SHAPES`; "radius", "rotation": (N,) each).
-    Polygons are exact inside, close enough outside for anti-aliasing."""
+    centres of `shapes` ("shape" indexes `DISTRACTOR_SHAPES`, "radius" and "rotation" (N,)): exact
+    inside, close enough outside for anti-aliasing."""
     shape, radius = shapes["shape"][:, None, None], shapes["radius"][:, None, None]  # (N, 1, 1)
     rho = torch.sqrt(dx**2 + dy**2)  # (N, C, C)
     theta = torch.atan2(dy, dx) - shapes["rotation"][:, None, None]
@@ -227,18 +202,15 @@ def _shape_signed_distance(dx: torch.Tensor, dy: torch.Tensor, shapes: dict) -> 
 
 
 def _render(scene: dict[str, torch.Tensor], resolution: int, distractors: bool):
-    """Scenes -> images (B, 3, R, R) float in [0, 1], target masks (B, 1, R, R) bool.
-
-    Each pixel is about the scene's average over its area (edges get their covered fraction,
-    textures are blurred by `grating_contrast`): sharp at 128 px, soft at 32 px, never aliased.
-    """
-    b, r = scene["label"].shape[0], resolution
-    pixel = 2 / r  # pixel size in scene units
+    """Scenes -> images (B, 3, R, R) uint8 and target masks (B, 1, R, R) bool (pixel centres in a
+    disc). A pixel is about the scene's average over its area (edges get their covered fraction,
+    textures are blurred by `grating_contrast`): sharp at 128 px, soft at 32 px, never aliased."""
+    b, r, pixel = scene["label"].shape[0], resolution, 2 / resolution  # pixel size in scene units
     centres = (torch.arange(r) + 0.5) * pixel - 1  # (R,) pixel centres in scene units
     x, y = centres[None, None, :], centres[None, :, None]  # (1, 1, R), (1, R, 1): broadcast
 
     def blend(canvas, alpha, colour):  # (B, 3, H, W), (B, H, W), (B, 3, H or 1, W or 1)
-        return torch.lerp(canvas, colour.expand_as(canvas), alpha[:, None])
+        return torch.lerp(canvas, colour.clamp(0, 1).expand_as(canvas), alpha[:, None])
 
     # 1. background: a colour plus smooth noise, 4x4 and 8x8 grids of colours upsampled bilinearly
     canvas = scene["background_rgb"][:, :, None, None].expand(b, 3, r, r)
@@ -246,61 +218,49 @@ def _render(scene: dict[str, torch.Tensor], resolution: int, distractors: bool):
         # (R, G) matrix M such that M @ grid @ M.T is the bilinear upsampling of `grid`
         upsample = F.interpolate(torch.eye(grid.shape[-1])[:, None], size=r, mode="linear")[:, 0].T
         canvas = canvas + strength * (upsample @ grid @ upsample.T)  # (B, 3, R, R)
-
     if distractors:
-        # 2. random straight lines across the image
-        for i in range(NUM_LINES):
+        for i in range(NUM_LINES):  # 2. random straight lines across the image
             angle = scene["line_angle"][:, i, None, None]  # (B, 1, 1)
             distance = (x * angle.cos() - scene["line_offset"][:, i, None, None]) + y * angle.sin()
             width = (scene["line_width"][:, i] * scene["line_on"][:, i])[:, None, None]
             coverage = band_coverage(distance, width, pixel)
             canvas = blend(canvas, coverage, scene["line_rgb"][:, i, :, None, None])
-
         # 3. distractors, each drawn in a small C x C window around it (far less work than the
         #    whole image), all B * K windows in one batch, pasted into a canvas padded by C
         k, c = NUM_DISTRACTORS, math.ceil(2 * DISTRACTOR_RADIUS[1] / pixel) + 3
         d = {key[11:]: v.flatten(0, 1) for key, v in scene.items() if key.startswith("distractor")}
         origin = torch.floor((d["centre"] - DISTRACTOR_RADIUS[1] + 1) / pixel).long() - 1
         cols, rows = (origin[:, i, None] + torch.arange(c) for i in (0, 1))  # (B * K, C) pixels
-        wx = ((cols + 0.5) * pixel - 1)[:, None, :]  # (B * K, 1, C) scene coordinates
-        wy = ((rows + 0.5) * pixel - 1)[:, :, None]  # (B * K, C, 1)
+        wx, wy = ((p + 0.5) * pixel - 1 for p in (cols[:, None, :], rows[:, :, None]))
         centre = d["centre"][:, :, None, None]  # (B * K, 2, 1, 1)
         signed = _shape_signed_distance(wx - centre[:, 0], wy - centre[:, 1], d)
         alpha = edge_coverage(signed, pixel) * d["on"][:, None, None]  # (B * K, C, C)
-        shade = texture(wx, wy, d, pixel)  # (B * K, C, C)
-        colour = (d["rgb"][:, :, None, None] + TEXTURE_AMPLITUDE * shade[:, None]).clamp(0, 1)
+        colour = d["rgb"][:, :, None, None] + TEXTURE_AMPLITUDE * texture(wx, wy, d, pixel)[:, None]
         windows = [t.unflatten(0, (b, k)).unbind(1) for t in (alpha, colour, rows + c, cols + c)]
         padded = F.pad(canvas, (c, c, c, c))  # (B, 3, R + 2C, R + 2C)
         batch, channel = torch.arange(b)[:, None, None, None], torch.arange(3)[None, :, None, None]
-        # one after the other: later distractors cover earlier ones
-        for alpha, colour, rows, cols in zip(*windows, strict=True):
+        for alpha, colour, rows, cols in zip(*windows, strict=True):  # later ones cover earlier
             index = (batch, channel, rows[:, None, :, None], cols[:, None, None, :])
             padded[index] = blend(padded[index], alpha, colour)  # (B, 3, C, C)
         canvas = padded[:, :, c : c + r, c : c + r]
-
     # 4. the target: three discs on top of everything
     parts = scene["parts"][:, :, :, None, None]  # (B, 3 discs, 2, 1, 1)
-    squared = [(x - parts[:, i, 0]) ** 2 + (y - parts[:, i, 1]) ** 2 for i in range(3)]
-    nearest = functools.reduce(torch.minimum, squared).sqrt()  # (B, R, R) to the nearest centre
-    signed = nearest - scene["radius"][:, None, None]
-    shade = texture(x, y, scene, pixel)  # (B, R, R)
-    colour = scene["target_rgb"][:, :, None, None] + TEXTURE_AMPLITUDE * shade[:, None]
-    canvas = blend(canvas, edge_coverage(signed, pixel), colour.clamp(0, 1))
-    return canvas.clamp(0, 1), (signed <= 0)[:, None]  # mask: the pixel's centre is in a disc
+    squared = (x - parts[:, :, 0]) ** 2 + (y - parts[:, :, 1]) ** 2  # (B, 3, R, R)
+    signed = squared.amin(dim=1).sqrt() - scene["radius"][:, None, None]  # to the nearest disc
+    shade = TEXTURE_AMPLITUDE * texture(x, y, scene, pixel)[:, None]  # (B, 1, R, R)
+    canvas = blend(canvas, edge_coverage(signed, pixel), scene["rgb"][:, :, None, None] + shade)
+    return (canvas.clamp(0, 1) * 255).round_().byte(), (signed <= 0)[:, None]
 
 
 class SyntheticObjects(Dataset):
     """Three discs in a line, an L or a triangle, on a cluttered background: 24 classes.
 
-    Items are ``(image, label, mask)``: image (3, R, R) float32 in [0, 1] (then `transform`),
-    label in [0, 24), mask (1, R, R) float32, 1 on the target. The split is rendered once and kept
-    as `images` (N, 3, R, R) uint8, `labels` (N,), `masks` (N, 1, R, R) bool, and in pixels the
-    discs' `centres` (N, 3, 2) as (x, y), `radii` (N,), `boxes` (N, 4) as (x0, y0, x1, y1).
-    `classes` names the labels ("line-warm-stripes", ...), `class_factors` splits them into
-    (arrangement, colour, texture); `class_groups` is `synthetic_class_groups()`. A `seed` gives
-    the same bits (on one machine and PyTorch version), whatever `num_samples` and `resolution`
-    (the first n scenes are the same); `distractors=False` leaves out the shapes and lines.
-    """
+    Items are (image, label, mask): image (3, R, R) float32 in [0, 1] (then `transform`), label in
+    [0, 24), mask (1, R, R) float32, 1 on the target. Rendered once and kept: `images` (N, 3, R, R)
+    uint8, `labels` (N,), `masks` (N, 1, R, R) bool and, in pixels, the discs' `centres` (N, 3, 2)
+    as (x, y), `radii` (N,), `boxes` (N, 4) as (x0, y0, x1, y1); `classes` ("line-warm-stripes",
+    ...), `class_factors`, `class_groups`. A `seed` gives the same bits (on one machine and PyTorch
+    version) whatever `num_samples` and `resolution`; `distractors=False` omits shapes and lines."""
 
     def __init__(
         self,
@@ -311,31 +271,24 @@ class SyntheticObjects(Dataset):
         transform: Callable | None = None,
         distractors: bool = True,
     ):
-        self.split = check_split(split)
+        self.split, self.seed = check_split(split), check_int(seed, "seed", 0)
         n = DEFAULT_NUM_SAMPLES[split] if num_samples is None else num_samples
         self.num_samples = n = check_int(n, "num_samples", 1)
         hint = " pixels (below that the discs are a pixel or two wide)"
         self.resolution = r = check_int(resolution, "resolution", MIN_SYNTHETIC_RESOLUTION, hint)
-        self.seed = check_int(seed, "seed", 0)
         if transform is not None and not callable(transform):
             raise ValueError(f"transform must be a callable or None, got {transform!r}")
         self.transform, self.distractors = transform, bool(distractors)
-        self.class_factors = synthetic_classes()
+        self.class_factors, self.class_groups = synthetic_classes(), synthetic_class_groups()
         self.classes = ["-".join(factors) for factors in self.class_factors]
-        self.class_groups = synthetic_class_groups()
-        # One thread: for tensors this small, threads cost more than they save (the caller's setting
-        # is restored). A few dozen images at a time: small tensors stay in the CPU cache.
-        images, masks, batch = [], [], max(1, _RENDER_PIXELS // r**2)
-        threads = torch.get_num_threads()
+        # A few dozen images at a time (they stay in the CPU cache), one thread (more gain nothing)
+        batch, threads = max(1, _RENDER_PIXELS // r**2), torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             chunks = [_draw_scenes(seed, split, i) for i in range(-(-n // _CHUNK))]
             scene = {key: torch.cat([chunk[key] for chunk in chunks])[:n] for key in chunks[0]}
-            for start in range(0, n, batch):
-                part = {key: value[start : start + batch] for key, value in scene.items()}
-                image, mask = _render(part, r, self.distractors)
-                images.append((image * 255).round_().to(torch.uint8))
-                masks.append(mask)
+            batches = [{k: v[i : i + batch] for k, v in scene.items()} for i in range(0, n, batch)]
+            images, masks = zip(*(_render(b, r, self.distractors) for b in batches), strict=True)
         finally:
             torch.set_num_threads(threads)
         self.images, self.masks, self.labels = torch.cat(images), torch.cat(masks), scene["label"]
@@ -354,6 +307,4 @@ class SyntheticObjects(Dataset):
         return image, int(self.labels[index]), self.masks[index].float()
 
     def __repr__(self) -> str:
-        return (
-            f"SyntheticObjects({self.split!r}, {self.num_samples}, {self.resolution}, {self.seed})"
-        )
+        return f"SyntheticObjects{(self.split, self.num_samples, self.resolution, self.seed)!r}"

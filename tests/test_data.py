@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from effnet_edu import plots, synthetic
+from effnet_edu import synthetic
 from effnet_edu.data import DATASET_NAMES, SyntheticObjects, class_names, get_dataset
 from effnet_edu.plots import plot_class_grid, plot_resolution_grid
 
@@ -35,16 +35,19 @@ def test_get_dataset_synthetic():
 
 
 def test_names_from_before_the_split_keep_working():
-    from effnet_edu.data import ARRANGEMENTS, TEXTURE_PERIOD_PIXELS_AT_64, texture_visibility
-
-    assert (
-        ARRANGEMENTS is synthetic.ARRANGEMENTS
-        and texture_visibility is synthetic.texture_visibility
+    from effnet_edu.data import (
+        ARRANGEMENTS,
+        COLOURS,
+        TEXTURE_PERIOD_PIXELS_AT_64,
+        TEXTURES,
+        synthetic_class_groups,
+        texture_visibility,
     )
+
+    assert ARRANGEMENTS is synthetic.ARRANGEMENTS and COLOURS is synthetic.COLOURS
+    assert TEXTURES is synthetic.TEXTURES and texture_visibility is synthetic.texture_visibility
+    assert synthetic_class_groups is synthetic.synthetic_class_groups
     assert TEXTURE_PERIOD_PIXELS_AT_64 == synthetic.TEXTURE_PERIOD_PIXELS_AT_64
-    with pytest.deprecated_call(match="effnet_edu.plots.plot_resolution_grid"):
-        from effnet_edu.data import plot_resolution_grid as old
-    assert old is plots.plot_resolution_grid
 
 
 def test_get_dataset_image_folder(tmp_path):
