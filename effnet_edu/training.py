@@ -47,16 +47,15 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def cpu_supports_bf16() -> bool:
-    """True when oneDNN has bf16 kernels here (AVX-512 or Arm; native with AVX512-BF16, AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    """True when this x86 CPU computes bf16 natively (AVX512-BF16 or AMX). oneDNN also runs bf16
+    on plain AVX-512 by emulation, which is slower than fp32: those CPUs train in fp32."""
+    native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in native)
 
 
 def autocast_dtype(device: torch.device, amp: str | bool = "auto") -> torch.dtype | None:
     """The autocast dtype for `device` (None: fp32). "auto": bf16 on GPUs that support it, else
-    fp16 (with a gradient scaler); bf16 on CPUs with bf16 kernels (`cpu_supports_bf16`), else
+    fp16 (with a gradient scaler); bf16 on CPUs with native bf16 (`cpu_supports_bf16`), else
     fp32, as on Apple GPUs. "bf16"/"fp16" force a dtype; "off" is deterministic fp32."""
     amp = {True: "auto", False: "off", None: "off"}.get(amp, amp)
     if amp not in AMP_MODES:

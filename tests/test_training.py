@@ -12,6 +12,8 @@ from effnet_edu.training import (
     EpochSampler,
     ExponentialMovingAverage,
     TrainConfig,
+    autocast_dtype,
+    cpu_supports_bf16,
     depthwise_in_fp32,
     evaluate,
     fit,
@@ -336,3 +338,15 @@ def test_fit_applies_the_policy_only_while_it_runs():
     fit(model, data, epochs=1, batch_size=8, amp="bf16", device="cpu", progress=False)
     assert seen["depthwise"][1] == torch.float32 and seen["project"][1] == torch.bfloat16
     assert len(model.depthwise._forward_pre_hooks) == 0
+
+
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, native", [(False, False, False), (True, False, True), (False, True, True)]
+)
+def test_cpu_bf16_only_where_it_is_native(monkeypatch, avx512_bf16, amx, native):
+    """Plain AVX-512 runs oneDNN's bf16 by emulation (slower than fp32): auto stays in fp32."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert cpu_supports_bf16() is native
+    expected = torch.bfloat16 if native else None
+    assert autocast_dtype(torch.device("cpu"), "auto") == expected
