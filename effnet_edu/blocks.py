@@ -33,7 +33,7 @@ def make_activation(name: str) -> nn.Module:
 class TFSamePadConv2d(nn.Conv2d):
     """A convolution with TensorFlow's "SAME" padding, computed from each input's size.
 
-    Not PyTorch's ``padding="same"``, which keeps the size only at stride 1. TensorFlow pads so
+    Not PyTorch's ``padding="same"``, which is only allowed at stride 1. TensorFlow pads so
     that out = ceil(in / stride), the odd extra pixel on the right/bottom; PyTorch's symmetric
     (k - 1) // 2 differs at stride 2, and weights trained in TensorFlow (EfficientNet-Lite) only
     reproduce their outputs with this.
@@ -144,8 +144,8 @@ class MBConv(nn.Module):
             raise ValueError(f"stochastic_depth must be in [0, 1), got {stochastic_depth!r}")
         norm = {"bn_eps": bn_eps, "bn_momentum": bn_momentum, "padding": padding}
         expanded = in_channels * expand_ratio
-        # Expansion is skipped when the ratio is 1 (stage 1): a 1x1 conv C -> C would add nothing
-        # the depthwise conv cannot learn.
+        # No expansion when the ratio is 1 (stage 1), as in the official code: the block is then a
+        # depthwise separable convolution, whose 1x1 projection already mixes the channels.
         self.expand = (
             ConvBNActivation(in_channels, expanded, 1, activation=activation, **norm)
             if expand_ratio != 1

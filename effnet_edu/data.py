@@ -9,7 +9,8 @@ from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
 from . import synthetic  # the synthetic data and its renderer (pictures: `plots`)
-from .synthetic import MIN_SYNTHETIC_RESOLUTION, SyntheticObjects, check_int, check_split
+from .scaling import check_int
+from .synthetic import MIN_SYNTHETIC_RESOLUTION, SyntheticObjects, check_split
 
 DATASET_NAMES = ("synthetic", "cifar10", "imagenette", "folder:PATH")
 _DOWNLOADS = {  # the archives torchvision fetches

@@ -59,8 +59,9 @@ BASELINE_STAGES: tuple[StageConfig, ...] = (
 BASELINE_STEM_CHANNELS = 32
 BASELINE_HEAD_CHANNELS = 1280
 MIN_RESOLUTION = 32  # five stride-2 stages divide the input by 32: at least a 1x1 final map
-# EfficientNet-Lite k, for k = 0 ... 4: rows of the variant table.
-LITE_VARIANTS = {k: VARIANTS[f"lite{k}"] for k in range(5)}
+# EfficientNet-Lite k -> (width, depth, resolution, dropout), from the variant table.
+_LITE_FIELDS = ("width", "depth", "resolution", "dropout")
+LITE_VARIANTS = {k: tuple(getattr(VARIANTS[f"lite{k}"], f) for f in _LITE_FIELDS) for k in range(5)}
 
 
 def scale_stages(
@@ -124,6 +125,8 @@ class EfficientNetConfig:
         """Rebuild a config from `dataclasses.asdict(config)` (as stored in checkpoints)."""
         values = dict(values)
         values["stages"] = tuple(StageConfig(**s) for s in values["stages"])
+        if values.get("padding") == "same":  # checkpoints written before the rename
+            values["padding"] = "tf_same"
         return cls(**values)
 
     @property
@@ -281,6 +284,11 @@ def efficientnet_config(
     activation: str | None = None,
 ) -> EfficientNetConfig:
     """Resolve the arguments of `efficientnet` into a validated `EfficientNetConfig`."""
+    if phi is None and (alpha, beta, gamma) != (ALPHA, BETA, GAMMA):
+        raise ValueError(
+            "alpha, beta, gamma only apply with phi=...; got phi=None and "
+            f"(alpha, beta, gamma) = {(alpha, beta, gamma)}"
+        )
     explicit = {
         k: v
         for k, v in (("depth", depth), ("width", width), ("resolution", resolution))
@@ -334,7 +342,7 @@ def efficientnet_config(
 
 
 def efficientnet(
-    variant: str | None = None, *, gradient_checkpointing: bool = False, **options
+    variant: str | None = None, *, gradient_checkpointing: bool = False, pretrained=False, **options
 ) -> EfficientNet:
     """Build an untrained EfficientNet in one of three ways.
 
@@ -350,9 +358,19 @@ def efficientnet(
     recomputes each stage in backward instead of storing its activations (less memory, more
     compute). ImageNet weights: `effnet_edu.efficientnet(..., pretrained=True)` (`pretrained.py`).
     """
+    _untrained_only(pretrained)
     model = EfficientNet(efficientnet_config(variant, **options))
     model.gradient_checkpointing = bool(gradient_checkpointing)
     return model
+
+
+def _untrained_only(pretrained) -> None:
+    if pretrained:  # the weights live in pretrained.py, which imports this module
+        raise ValueError(
+            "effnet_edu.model builds untrained models; for ImageNet weights call "
+            "effnet_edu.efficientnet(..., pretrained=True) or effnet_edu.efficientnet_lite(k, "
+            "pretrained=True) (effnet_edu.pretrained)"
+        )
 
 
 def efficientnet_lite_config(k: int, **options) -> EfficientNetConfig:
@@ -362,6 +380,7 @@ def efficientnet_lite_config(k: int, **options) -> EfficientNetConfig:
     return efficientnet_config(f"lite{k}", **options)
 
 
-def efficientnet_lite(k: int, **options) -> EfficientNet:
+def efficientnet_lite(k: int, *, pretrained=False, **options) -> EfficientNet:
     """EfficientNet-Lite k, untrained (ImageNet weights: `effnet_edu.efficientnet_lite`)."""
+    _untrained_only(pretrained)
     return EfficientNet(efficientnet_lite_config(k, **options))

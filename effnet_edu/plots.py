@@ -6,7 +6,8 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .data import class_names
-from .synthetic import TEXTURES, SyntheticObjects, check_int, texture_visibility
+from .scaling import check_int
+from .synthetic import TEXTURES, SyntheticObjects, texture_visibility
 
 
 def _labels_of(dataset: Dataset) -> torch.Tensor:

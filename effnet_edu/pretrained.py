@@ -236,7 +236,7 @@ def efficientnet(
     for a released B0-B7 (in eval mode, with `.pretrained` metadata for `predict`)."""
     if not pretrained:
         return _model.efficientnet(variant, **options)
-    if variant is None or not str(variant).lower().removeprefix("efficientnet_").startswith("b"):
+    if variant is None or not _model._variant(variant).startswith("b"):
         raise ValueError(
             "pretrained=True needs a released variant name ('b0' ... 'b7'): there are no "
             f"torchvision ImageNet weights for {variant or 'phi=... or custom multipliers'}"

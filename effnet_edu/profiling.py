@@ -230,6 +230,11 @@ def measure_latency(
         )
     device = torch.device(device)
     was_training, home = model.training, next(model.parameters()).device
+    was_channels_last = all(  # the layout to put back: channels_last if every 4-d weight has it
+        p.is_contiguous(memory_format=torch.channels_last)
+        for p in model.parameters()
+        if p.dim() == 4
+    )
     model.eval().to(device)
     x = torch.randn(batch_size, 3, resolution, resolution, device=device)
     if channels_last:
@@ -246,7 +251,7 @@ def measure_latency(
                 torch.cuda.synchronize(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    layout = torch.contiguous_format if channels_last else torch.preserve_format
+    layout = torch.channels_last if was_channels_last else torch.contiguous_format
     model.train(was_training).to(home, memory_format=layout)
     median = statistics.median(times)
     return {"ms": median * 1e3, "images_per_s": batch_size / median, "batch_size": batch_size}

@@ -18,6 +18,7 @@ beta**phi, gamma**phi curve, and `explain_official_variants` measures by how muc
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 # The paper's grid search at phi = 1 (Section 3.3, step 1).
@@ -31,8 +32,8 @@ class Variant:
 
     B0-B7 from the official `efficientnet_builder.py`, Lite0-4 from `efficientnet_lite_builder.py`
     (torchvision and the Lite reference use the same numbers). BatchNorm and padding follow the
-    weights we load: torchvision trained B0-B4 in PyTorch (eps 1e-5, momentum 0.1) and ported
-    B5-B7 from TensorFlow (eps 1e-3, momentum 0.01 = TF's decay 0.99), as Lite's weights, which
+    weights we load: B0-B4's were trained in PyTorch (eps 1e-5, momentum 0.1), B5-B7's ported
+    from TensorFlow (eps 1e-3, momentum 0.01 = TF's decay 0.99), as Lite's weights, which
     also need TF "same" padding ("tf_same").
     """
 
@@ -88,11 +89,14 @@ def check_number(value, name: str, minimum: float, *, strict=False, below=None, 
 
 
 def check_int(value, name: str, minimum: int, hint: str = "") -> int:
-    """`value` if it is an integer >= `minimum`, else an error naming the parameter and value."""
-    kind = TypeError if isinstance(value, bool) or not isinstance(value, int) else ValueError
-    if kind is TypeError or value < minimum:
-        raise kind(f"{name} must be an integer >= {minimum}{hint}, got {value!r}")
-    return value
+    """`value` as an int if it is an integer >= `minimum` (NumPy integers too), else an error that
+    names the parameter and the value: TypeError for another type, ValueError below `minimum`."""
+    valid = f"{name} must be an integer >= {minimum}{hint}, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{valid} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(valid)
+    return int(value)
 
 
 def check_phi(phi: float) -> float:
@@ -198,6 +202,12 @@ def fit_phi(
     log d = phi log alpha, log w = phi log beta, log(r / r0) = phi log gamma,
     and the best common slope is  phi = sum(log m_i * log b_i) / sum(log b_i ** 2).
     """
+    hint = " (a multiplier; 1 is the baseline)"
+    depth, width = (
+        check_number(m, n, 0, strict=True, hint=hint)
+        for m, n in ((depth, "depth"), (width, "width"))
+    )
+    resolution = check_number(resolution, "resolution", 0, strict=True)
     pairs = [
         (math.log(depth), math.log(alpha)),
         (math.log(width), math.log(beta)),

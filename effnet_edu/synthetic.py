@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .scaling import check_int
+
 ARRANGEMENTS = ("line", "L", "triangle")  # where the three discs sit: needs receptive field
 COLOURS = ("warm", "cool")  # hue family of the discs: easy, one pixel is enough
 TEXTURES = ("plain", "stripes", "grid", "hex")  # fine pattern on the discs: needs resolution
@@ -56,16 +58,6 @@ def synthetic_class_groups() -> dict[str, list[list[int]]]:
     grid = torch.arange(math.prod(_CLASS_GRID)).reshape(_CLASS_GRID)  # (3, 2, 4) labels
     factors = ("arrangement", "colour", "texture")  # a set is a line of the grid along one axis
     return {f: grid.movedim(axis, -1).flatten(0, 1).tolist() for axis, f in enumerate(factors)}
-
-
-def check_int(value, name: str, minimum: int, hint: str = "") -> int:
-    """`value` as an int if it is an integer >= `minimum`, else a ValueError that names it."""
-    valid = f"{name} must be an integer >= {minimum}{hint}, got {value!r}"
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{valid} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(valid)
-    return int(value)
 
 
 def check_split(split) -> str:

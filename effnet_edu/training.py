@@ -1,7 +1,8 @@
-"""Training engine: `fit` and `evaluate` (notebooks 01, 03-05 and `effnet-edu train`).
+"""Training engine: `fit` and `evaluate`.
 
 `fit` is a short loop over named steps (the loader, one epoch, evaluation, the weight EMA,
-checkpoints) with the paper's recipe (Section 5.2) and mixed precision, with a CPU bf16 policy."""
+checkpoints), with mixed precision, a CPU bf16 policy and the recipe's pieces as options: the
+paper's RMSProp and step decay (Section 5.2), the official code's warm-up and weight EMA."""
 
 from __future__ import annotations
 
@@ -212,8 +213,9 @@ class EpochSampler(Sampler[int]):
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov), AdamW, RMSProp, or RMSProp as in the paper (Section 5.2: decay 0.9, momentum
-    0.9, epsilon 1e-3); as in the official code, no weight decay on BatchNorm weights and biases."""
+    """SGD (Nesterov), AdamW, RMSProp, or RMSProp with the paper's decay 0.9 and momentum 0.9
+    (Section 5.2) and the official code's epsilon 1e-3; as in the official code, no weight decay
+    on 1-d parameters (BatchNorm's weights, all biases)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
@@ -280,6 +282,9 @@ def model_signature(model: nn.Module) -> dict:
     return {"class": type(model).__name__, "shapes": shapes}
 
 
+_NOT_ARCHITECTURE = ("name", "phi", "dropout", "stochastic_depth")
+
+
 def _read_checkpoint(path, map_location="cpu", model: nn.Module | None = None) -> dict:
     """The checkpoint in `path`, read with weights_only=True (no code runs); `model` must match."""
     if not Path(path).is_file():
@@ -293,9 +298,15 @@ def _read_checkpoint(path, map_location="cpu", model: nn.Module | None = None) -
         tensors = isinstance(checkpoint, dict) and all(map(torch.is_tensor, checkpoint.values()))
         found = "a plain state_dict" if tensors else f"a {type(checkpoint).__name__}"
         raise CheckpointError(f"{path} is not a checkpoint (no model_signature): it is {found}")
-    saved = checkpoint["model_signature"]
-    current = model_signature(model) if model is not None else None
-    if current is not None and saved != current:
+    # Names and regularisation (dropout, stochastic depth) do not change the architecture.
+    saved, current = (
+        {k: v for k, v in signature.items() if k not in _NOT_ARCHITECTURE}
+        for signature in (
+            checkpoint["model_signature"],
+            {} if model is None else model_signature(model),
+        )
+    )
+    if model is not None and saved != current:
         keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         diff = "; ".join(f"{k}: {saved.get(k)!r:.60} vs {current.get(k)!r:.60}" for k in keys)
         raise CheckpointError(f"{path} is for a different architecture (file vs model): {diff}")
@@ -458,13 +469,26 @@ class _Run:
         state.update(model_signature=model_signature(self.model), train_config=asdict(self.config))
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(state, temporary)
-        os.replace(temporary, path)
+        try:
+            torch.save(state, temporary)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)  # only left if the write failed
 
     def resume(self, path: Path) -> None:
         checkpoint = _read_checkpoint(path, model=self.model)
         if checkpoint.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path} holds no training state of format {CHECKPOINT_FORMAT}")
+            raise CheckpointError(
+                f"{path} holds no training state of format {CHECKPOINT_FORMAT} (an older run, or "
+                "weights only): load its weights with load_checkpoint, or start a new run"
+            )
+        saved = checkpoint.get("train_config", {})
+        for name in ("batch_size", "steps_per_epoch", "epochs"):  # where a resumed step lands
+            if saved.get(name) != getattr(self.config, name):
+                raise CheckpointError(
+                    f"{path} was written with {name}={saved.get(name)!r}, this run has "
+                    f"{name}={getattr(self.config, name)!r}: resume with the same value"
+                )
         for name in self.PARTS:
             getattr(self, name).load_state_dict(checkpoint[name])
         if self.ema is not None and checkpoint["ema"] is not None:

@@ -173,3 +173,13 @@ def test_pretrained_lite_only_for_0_1_2(k):
 def test_removed_memory_efficient_swish_says_why():
     with pytest.raises(AttributeError, match="nn.SiLU already keeps only its input"):
         ee.MemoryEfficientSiLU  # noqa: B018
+
+
+def test_interfaces_kept_from_before_the_redesign():
+    from effnet_edu import model
+
+    assert ee.LITE_VARIANTS[2] == (1.1, 1.2, 260, 0.3)  # (width, depth, resolution, dropout)
+    with pytest.raises(ValueError, match="effnet_edu.efficientnet\\(..., pretrained=True\\)"):
+        model.efficientnet("b0", pretrained=True)  # weights live in effnet_edu.pretrained
+    with pytest.raises(ValueError, match="alpha, beta, gamma only apply with phi"):
+        ee.efficientnet(depth=2.0, alpha=1.3)

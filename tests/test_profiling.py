@@ -110,3 +110,9 @@ def test_count_macs_of_a_single_block_matches_flop_counter():
     assert ee.count_macs(block, (40, 28, 28)) == (
         28 * 28 * 240 * 40 + 14 * 14 * 240 * 9 + 2 * 240 * 10 + 14 * 14 * 80 * 240
     )
+
+
+def test_latency_keeps_a_channels_last_model_channels_last():
+    model = ee.efficientnet("b0", num_classes=10).to(memory_format=torch.channels_last)
+    ee.measure_latency(model, resolution=64, warmup=0, repeats=1)
+    assert model.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)

@@ -143,6 +143,13 @@ def test_checkpoint_refuses_another_architecture(tmp_path):
     assert model.config == tiny_model().config and checkpoint["epoch"] == 1
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing.pt")
+    # The same shapes under another name or regularisation are the same architecture.
+    same = ee.efficientnet(depth=0.25, width=0.25, resolution=32, num_classes=3, dropout=0.0)
+    assert load_checkpoint(path, same)[0] is same
+    # A resumed step lands where the saved batch size put it: another batch size is refused.
+    with pytest.raises(ValueError, match="batch_size=8, this run has batch_size=4"):
+        fit(tiny_model(), data, config=run_config(tmp_path, epochs=1, resume=True, batch_size=4))
+    assert path.read_bytes() == before
 
 
 def test_bad_checkpoint_files_are_named_and_left_alone(tmp_path):
