@@ -55,9 +55,10 @@ def cpu_supports_bf16() -> bool:
 
 
 def autocast_dtype(device: torch.device, amp: str | bool = "auto") -> torch.dtype | None:
-    """The autocast dtype for `device` (None: fp32). "auto": bf16 on GPUs that support it, else
-    fp16 (with a gradient scaler); bf16 on CPUs with native bf16 (`cpu_supports_bf16`), else
-    fp32, as on Apple GPUs. "bf16"/"fp16" force a dtype; "off" is deterministic fp32."""
+    """The autocast dtype for `device` (None: fp32). "auto": bf16 on GPUs that compute it natively
+    (compute capability >= 8.0: Ampere and newer), else fp16 with a gradient scaler (a T4 or V100
+    would emulate bf16); bf16 on CPUs with native bf16 (`cpu_supports_bf16`), else fp32, as on
+    Apple GPUs. "bf16"/"fp16" force a dtype; "off" is deterministic fp32."""
     amp = {True: "auto", False: "off", None: "off"}.get(amp, amp)
     if amp not in AMP_MODES:
         raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
@@ -66,7 +67,11 @@ def autocast_dtype(device: torch.device, amp: str | bool = "auto") -> torch.dtyp
     if amp != "auto":
         return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        native = torch.cuda.get_device_capability(device) >= (
+            8,
+            0,
+        )  # is_bf16_supported() counts emulation
+        return torch.bfloat16 if native else torch.float16
     return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
 
 

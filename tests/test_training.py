@@ -357,3 +357,11 @@ def test_cpu_bf16_only_where_it_is_native(monkeypatch, avx512_bf16, amx, native)
     assert cpu_supports_bf16() is native
     expected = torch.bfloat16 if native else None
     assert autocast_dtype(torch.device("cpu"), "auto") == expected
+
+
+@pytest.mark.parametrize("capability, dtype", [((7, 5), torch.float16), ((8, 0), torch.bfloat16)])
+def test_gpu_bf16_only_from_compute_capability_8(monkeypatch, capability, dtype):
+    """A T4 (7.5) or V100 (7.0) would emulate bf16: fp16 with a gradient scaler there."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert autocast_dtype(torch.device("cuda"), "auto") == dtype
