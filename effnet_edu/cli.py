@@ -101,31 +101,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_scale_study(args: argparse.Namespace) -> int:
-    from .study import FACTOR_KEYS, Baseline, DatasetFactory, plan, run_study, summarize
+    from .study import PRESETS, best_candidate, run_study
 
-    config = _train_config(args, label_smoothing=0.0, progress=False)
-    base = Baseline(depth=args.base_depth, width=args.base_width, resolution=args.base_resolution)
-    points = plan(base, tuple(args.targets))
-    print(
-        f"{len(points)} models x {len(args.seeds)} seed(s), {args.epochs} epochs each, "
-        f"{args.train_samples} training images, {args.workers} worker(s)"
-    )
-    dataset = DatasetFactory(args.dataset, args.train_samples, args.val_samples)
-    seeds = tuple(args.seeds)
-    rows = run_study(
-        points, dataset, config, args.out, seeds, workers=args.workers, save_models=args.save_models
-    )
-    factors = [k for k in FACTOR_KEYS if k in rows[0]]
-    header = ["family", "FLOPs ratio", "depth", "width", "resolution", "val accuracy (%)"]
-    header += [f"{k.replace('_', ' ')} (%)" for k in factors]
-    print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
-    for s in summarize(rows):
-        print(
-            f"| {s['family']} | {s['flops_ratio']:.2f} | {s['depth']:.2f} | {s['width']:.2f} | "
-            f"{s['resolution']} | {100 * s['accuracy']:.1f} +- {100 * s['spread']:.1f} | "
-            + "".join(f"{100 * s[k]:.1f} | " for k in factors)
-        )
-    print(f"results in {args.out}/results.json, results.csv, plot.png")
+    preset = PRESETS[args.preset]
+    out = args.out or f"results/scale_study{'' if args.preset == 'full' else '_' + args.preset}"
+    rows = run_study(preset, out, workers=args.workers)
+    ours = best_candidate(rows, preset)
+    print(f"{len(rows)} models in {out}/results.csv; our alpha, beta, gamma: {ours}")
     return 0
 
 
@@ -190,25 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     about = "compare scaling methods at matched FLOPs (Figure 8 and Table 7 in miniature)"
     study = sub.add_parser("scale-study", help=about, description=about)
     study.set_defaults(func=cmd_scale_study)
-    study.add_argument("--out", required=True, help="output folder")
-    study.add_argument("--dataset", default="synthetic")
-    study.add_argument("--targets", type=float, nargs="+", default=[2.0], help="FLOPs ratios")
-    study.add_argument("--base-depth", type=float, default=0.5)
-    study.add_argument("--base-width", type=float, default=0.5)
-    study.add_argument("--base-resolution", type=int, default=48)
-    study.add_argument("--epochs", type=int, default=4)
-    study.add_argument("--batch-size", type=int, default=64)
-    study.add_argument("--optimizer", default="adamw", help=", ".join(OPTIMIZERS))
-    study.add_argument("--lr", type=float, default=3e-3)
-    study.add_argument("--weight-decay", type=float, default=0.05)
-    study.add_argument("--train-samples", type=count, default=6000)
-    study.add_argument("--val-samples", type=count, default=1000)
-    study.add_argument("--seeds", type=seed, nargs="+", default=[0])
-    study.add_argument("--device", default="auto")
-    study.add_argument("--amp", default="auto", help=", ".join(AMP_MODES))
-    study.add_argument("--workers", type=int, default=1, help="models trained at once")
-    study.add_argument("--save-models", action="store_true", help="keep them in OUT/models/")
-    study.add_argument("--overwrite", action="store_true", help="replace the results in --out")
+    study.add_argument(
+        "--preset",
+        choices=("quick", "full", "gpu"),
+        default="quick",
+        help="quick: 5 models, about 5 minutes on 2 CPU cores; full: the shipped study; gpu: "
+        "more seeds and epochs, on CUDA",
+    )
+    study.add_argument("--out", help="folder (default: results/scale_study[_PRESET])")
+    study.add_argument("--workers", type=count, default=1, help="models trained at once")
     return parser
 
 

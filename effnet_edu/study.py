@@ -1,8 +1,12 @@
-"""The scaling study in miniature: depth vs width vs resolution vs compound, at matched FLOPs.
+"""The scaling study in miniature, by the paper's method (Section 3.3).
 
-The paper's Figure 3 scales B0 one dimension at a time; Table 7 and Figure 8 compare that with
-compound scaling at the *same* FLOPs. Here a small baseline is scaled to a few FLOP budgets in each
-of the four ways, trained with one recipe on the synthetic data, and scored against its FLOPs.
+Step 1 searches alpha, beta, gamma on *our* baseline: at phi = 1 (twice the baseline's FLOPs), a
+grid of candidates on alpha * beta^2 * gamma^2 ~ 2, each trained with a few seeds; the best one is
+our alpha, beta, gamma. Step 2 scales the baseline to 2, 4 and 8 times its FLOPs by depth only,
+width only, resolution only, compound with our coefficients and compound with the paper's, every
+model within 5 % of its FLOPs target, trained with one recipe, and compares them paired: all
+models are scored on the same test images. Every model's result is written the moment it is
+trained (``runs/``), so a study can be stopped, continued and extended with more seeds.
 """
 
 from __future__ import annotations
@@ -10,131 +14,312 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 
 import torch
 
 from .model import efficientnet, efficientnet_config
-from .profiling import config_flops, count_flops, count_params
+from .profiling import config_flops
 from .scaling import ALPHA, BETA, GAMMA
 
-FAMILIES = ("baseline", "depth", "width", "resolution", "compound")
-# Per-factor accuracy that `factor_accuracy` adds to a row (synthetic data).
+FAMILIES = ("baseline", "depth", "width", "resolution", "compound", "compound_paper")
 FACTOR_KEYS = ("arrangement_accuracy", "colour_accuracy", "texture_accuracy")
-# One colour per scaling method, shared by every figure of the project.
-FAMILY_COLORS = dict(
-    baseline="#555555", depth="#1f77b4", width="#ff7f0e", resolution="#2ca02c", compound="#d62728"
+FAMILY_COLORS = dict(  # one colour per scaling method, in every figure of the project
+    baseline="#555555",
+    depth="#1f77b4",
+    width="#ff7f0e",
+    resolution="#2ca02c",
+    compound="#d62728",
+    compound_paper="#9467bd",
 )
+ROOT2 = 2**0.5
+# Directions of growth (alpha, beta, gamma) with alpha * beta^2 * gamma^2 ~ 2: FLOPs double per phi.
+DIRECTIONS = {
+    "depth": (2.0, 1.0, 1.0),
+    "width": (1.0, ROOT2, 1.0),
+    "resolution": (1.0, 1.0, ROOT2),
+    "compound_paper": (ALPHA, BETA, GAMMA),
+}
+# Step 1: the three one-dimension corners, the paper's values, three edges (two dimensions at
+# once) and three more inside, spread over the shares of the FLOPs each dimension gets.
+GRID = (
+    DIRECTIONS["depth"],
+    DIRECTIONS["width"],
+    DIRECTIONS["resolution"],
+    DIRECTIONS["compound_paper"],
+    (1.4, 1.2, 1.0),
+    (1.4, 1.0, 1.2),
+    (1.0, 1.2, 1.18),
+    (1.5, 1.1, 1.05),
+    (1.1, 1.2, 1.1),
+    (1.1, 1.1, 1.22),
+)
+FLOPS_TOLERANCE = 0.05  # every scaled model within 5 % of its FLOPs target
 
 
 @dataclass(frozen=True)
 class Baseline:
-    """The network every family starts from (multipliers relative to B0, pixels)."""
+    """The network every model is scaled from: multipliers of B0's depth and width, and pixels.
 
-    depth: float = 0.5
+    d = 0.7 and 54 px are where one-dimension scaling can reach 2, 4 and 8 times the FLOPs within
+    5 % (at d = 0.5 the next whole block per stage jumps from 1.6x to 2.5x; at 48 px the last
+    feature map jumps from 2 x 2 to 3 x 3 and the FLOPs from 1.8x to 2.3x)."""
+
+    depth: float = 0.7
     width: float = 0.5
-    resolution: int = 48
+    resolution: int = 54
 
 
-@dataclass
-class StudyPoint:
+@dataclass(frozen=True)
+class Recipe:
+    """How every model of a study is trained: the same for all, as in the paper."""
+
+    epochs: int = 20
+    images_per_epoch: int = 4000  # fresh synthetic images every epoch: no overfitting
+    batch_size: int = 128
+    lr: float = 6e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    dropout: float = 0.1
+    val_images: int = 2000  # picks the grid's winner; its first 1,000 give the learning curves
+    test_images: int = 2000  # scores step 2, the same images for every model (paired)
+    distractors: bool = (
+        False  # the easier task: no clutter, stronger textures (docs/scale_study.md)
+    )
+    texture_amplitude: float = 0.5
+    device: str = "cpu"
+    amp: str = "off"  # fp32: deterministic, and on this CPU faster than bf16 for small models
+
+    def train_config(self, seed: int, epochs: int):
+        from .training import TrainConfig
+
+        return TrainConfig(
+            epochs=epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer="adamw",
+            weight_decay=self.weight_decay,
+            schedule="cosine",
+            warmup_epochs=self.warmup_epochs,
+            label_smoothing=self.label_smoothing,
+            amp=self.amp,
+            channels_last=True,
+            device=self.device,
+            seed=seed,
+            progress=False,
+        )
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a study trains: the grid and its seeds, the targets of step 2 and their seeds, and
+    the extra experiments (a short training budget at 2x; Figure 4's second width curve)."""
+
+    name: str
+    baseline: Baseline = Baseline()
+    recipe: Recipe = Recipe()
+    grid: tuple = GRID
+    grid_seeds: tuple = (0, 1)
+    targets: tuple = ((2, (0, 1, 2)), (4, (0, 1, 2)), (8, (0,)))  # (FLOPs ratio, seeds)
+    short_epochs: int | None = 5  # the same 2x comparison at this budget (None: skip)
+    figure4: tuple | None = (1.4, 1.0, 1.2)  # width scaled on top of this grid candidate
+    saved: tuple = ((1, (0,)), (2, (0,)))  # (target, seeds) whose weights are written
+
+
+PRESETS = {
+    "full": Preset("full"),
+    "quick": Preset(
+        "quick",
+        recipe=Recipe(epochs=5, images_per_epoch=2000, val_images=1000, test_images=1000),
+        grid=GRID[:4],
+        grid_seeds=(0,),
+        targets=((2, (0,)),),
+        short_epochs=None,
+        figure4=None,
+        saved=(),
+    ),
+    "gpu": Preset(
+        "gpu",
+        recipe=Recipe(epochs=60, device="cuda", amp="auto"),
+        grid_seeds=(0, 1, 2),
+        targets=((2, (0, 1, 2, 3, 4)), (4, (0, 1, 2, 3, 4)), (8, (0, 1, 2))),
+        short_epochs=12,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One model to train: where it comes from (stage, experiment, family, direction, target),
+    its shape (depth and width multipliers of B0, pixels), its seed and its training budget."""
+
+    stage: str  # "grid" (step 1) or "scaling" (step 2)
+    experiment: str  # "grid", "matched", "budget" (short training) or "figure4"
     family: str
-    target: float  # requested FLOPs ratio to the baseline
+    target: float
+    alpha: float
+    beta: float
+    gamma: float
     depth: float
     width: float
     resolution: int
-    flops: int = 0
-    params: int = 0
-    flops_ratio: float = 1.0
-    accuracy: float | None = None
-    train_accuracy: float | None = None
-    seconds: float | None = None
+    seed: int
+    epochs: int
+
+    @property
+    def run_name(self) -> str:
+        """The file name of its result: the shape, seed and budget identify a trained model."""
+        shape = f"d{self.depth:.4f}-w{self.width:.4f}-r{self.resolution}"
+        return f"{shape}-e{self.epochs}-s{self.seed}"
 
 
-def _build(point: StudyPoint, num_classes: int):
-    # Short runs: light dropout, no stochastic depth (it slows early learning down).
-    shape = {"depth": point.depth, "width": point.width, "resolution": point.resolution}
-    return efficientnet(**shape, num_classes=num_classes, dropout=0.1, stochastic_depth=0.0)
-
-
-def _flops(depth: float, width: float, resolution: int) -> int:
-    config = efficientnet_config(depth=depth, width=width, resolution=resolution, num_classes=10)
+@cache
+def shape_flops(depth: float, width: float, resolution: int) -> int:
+    """Multiply-adds of one image through the study's network of this shape (24 classes)."""
+    config = efficientnet_config(depth=depth, width=width, resolution=resolution, num_classes=24)
     return config_flops(config)
 
 
-def matched_point(
-    base: Baseline,
-    family: str,
-    target: float,
-    alpha: float = ALPHA,
-    beta: float = BETA,
-    gamma: float = GAMMA,
-) -> StudyPoint:
-    """Scale `base` along `family` until its FLOPs are as close as possible to target x base.
+def final_map(resolution: int) -> int:
+    """Side of the last feature map: five stride-2 steps of ceil(size / 2), i.e. ceil(R / 32).
+    It moves in steps (48 and 64 px both end in 2 x 2, 65 px in 3 x 3): the FLOPs jump there."""
+    return math.ceil(resolution / 32)
 
-    Rounding (whole blocks, channels in multiples of 8, whole pixels) makes FLOPs a step
-    function of the multiplier, so we scan a fine grid and keep the closest in log-ratio.
-    """
-    if family not in FAMILIES[1:]:
-        raise ValueError(f"family must be one of {FAMILIES[1:]}, got {family!r}")
+
+@cache
+def scaled_shape(base: Baseline, direction: tuple, target: float) -> tuple[float, float, int]:
+    """(depth, width, resolution) of `base` grown along `direction` = (alpha, beta, gamma) to
+    `target` times its FLOPs, within `FLOPS_TOLERANCE`.
+
+    phi = log2(target) gives the nominal d * alpha^phi, w * beta^phi, r * gamma^phi. Whole
+    blocks, channels in multiples of 8 and whole pixels make FLOPs a step function, so: first
+    scan phi finely (one multiplier for all three); if no phi lands within 2 %, also nudge each
+    dimension that grows by up to 30 % (and pixels by up to 5) and keep the closest to nominal."""
+    alpha, beta, gamma = direction
+    if min(direction) < 1:
+        raise ValueError(f"alpha, beta, gamma must all be >= 1, got {direction}")
     if not target >= 1:
         raise ValueError(f"target FLOPs ratio must be >= 1, got {target!r}")
-    base_flops = _flops(base.depth, base.width, base.resolution)
-    # FLOPs grow as d * w^2 * r^2 (Section 3.3): search around the multiplier that alone gives it.
-    if family == "compound":
-        guess = math.log(target) / math.log(alpha * beta**2 * gamma**2)
+    goal = target * shape_flops(base.depth, base.width, base.resolution)
+
+    def shape(phi, nudge=(1.0, 1.0, 0)):
+        d = round(base.depth * alpha**phi * nudge[0], 4)
+        w = round(base.width * beta**phi * nudge[1], 4)
+        return d, w, max(16, round(base.resolution * gamma**phi) + nudge[2])
+
+    def error(s):
+        return abs(math.log(shape_flops(*s) / goal))
+
+    phi = math.log(target) / math.log(alpha * beta**2 * gamma**2)
+    best = min((shape(phi * (0.7 + 0.6 * i / 600)) for i in range(601)), key=error)
+    if error(best) > 0.02 and sum(x > 1 for x in direction) > 1:
+        nominal = shape(phi)
+        steps = [1.0 + 0.02 * k for k in range(-15, 16)]
+        nudges = [
+            (a, b, c)
+            for a in (steps if alpha > 1 else [1.0])
+            for b in (steps if beta > 1 else [1.0])
+            for c in (range(-5, 6) if gamma > 1 else [0])
+        ]
+        close = [shape(phi, n) for n in nudges]
+        close = [s for s in close if error(s) < 0.02] or [min(close, key=error)]
+
+        def distance(s):  # from the nominal shape, in log-FLOPs shares
+            return sum(math.log(x / y) ** 2 for x, y in zip(s, nominal, strict=True))
+
+        best = min(close, key=distance)
+    if abs(shape_flops(*best) / goal - 1) > FLOPS_TOLERANCE:
+        raise ValueError(
+            f"no shape along {direction} is within {FLOPS_TOLERANCE:.0%} of {target}x the "
+            f"baseline's FLOPs (closest: {shape_flops(*best) / goal * target:.3f}x)"
+        )
+    return best
+
+
+def _job(base, stage, experiment, family, target, direction, seed, epochs) -> Job:
+    if target == 1:
+        shape = (base.depth, base.width, base.resolution)
     else:
-        guess = target if family == "depth" else math.sqrt(target)
-    best = None
-    for i in range(401):
-        m = guess * (0.5 + 1.0 * i / 400)
-        if family == "compound":
-            d, w, r = base.depth * alpha**m, base.width * beta**m, gamma**m
-        else:
-            d = base.depth * (m if family == "depth" else 1.0)
-            w = base.width * (m if family == "width" else 1.0)
-            r = m if family == "resolution" else 1.0
-        resolution = max(32, round(base.resolution * r))
-        error = abs(math.log(_flops(d, w, resolution) / base_flops / target))
-        if best is None or error < best[0]:
-            best = (error, d, w, resolution)
-    _, d, w, resolution = best
-    return StudyPoint(family, target, d, w, resolution)
+        shape = scaled_shape(base, direction, target)
+    return Job(stage, experiment, family, target, *direction, *shape, seed, epochs)
 
 
-def plan(base: Baseline, targets: tuple[float, ...]) -> list[StudyPoint]:
-    """The baseline plus, for each FLOPs target, one model per scaling family."""
-    points = [StudyPoint("baseline", 1.0, base.depth, base.width, base.resolution)]
-    for target in targets:
-        points += [matched_point(base, family, target) for family in FAMILIES[1:]]
-    base_flops = _flops(base.depth, base.width, base.resolution)
-    for p in points:
-        model = _build(p, 10)
-        p.flops, p.params = count_flops(model), count_params(model)
-        p.flops_ratio = p.flops / base_flops
-    return points
+def grid_family(direction: tuple) -> str:
+    """The family a grid candidate belongs to: a corner's dimension, the paper's, or compound."""
+    named = {v: k for k, v in DIRECTIONS.items()}
+    return named.get(tuple(direction), "compound")
 
 
-class DatasetFactory:
-    """`factory(split, resolution)` -> a dataset; picklable, so worker processes can use it."""
+def plan(preset: Preset, ours: tuple | None = None) -> list[Job]:
+    """Every model `preset` trains. Without `ours` (the grid's winner, known once step 1 is done):
+    step 1 and every model of step 2 that does not depend on it. A model is listed once: the 2x
+    models of step 2 for the grid's seeds are the grid's own."""
+    base, epochs, jobs = preset.baseline, preset.recipe.epochs, []
+    seeds_2x = dict(preset.targets).get(2, ())
+    budgets = [(epochs, "matched")] + (
+        [(preset.short_epochs, "budget")] * bool(preset.short_epochs)
+    )
+    for e, experiment in budgets:
+        seeds = sorted(set(seeds_2x) | (set(preset.grid_seeds) if e == epochs else set()))
+        jobs += [_job(base, "scaling", experiment, "baseline", 1, (1, 1, 1), s, e) for s in seeds]
+    for direction in preset.grid:
+        family = grid_family(direction)
+        jobs += [
+            _job(base, "grid", "grid", family, 2, direction, s, epochs) for s in preset.grid_seeds
+        ]
+    families = dict(DIRECTIONS)
+    if ours is not None:
+        families["compound"] = tuple(ours)
+    for family, direction in families.items():
+        for target, seeds in preset.targets:
+            for seed in seeds:
+                in_grid = target == 2 and tuple(direction) in map(tuple, preset.grid)
+                if not (in_grid and seed in preset.grid_seeds):
+                    jobs.append(
+                        _job(base, "scaling", "matched", family, target, direction, seed, epochs)
+                    )
+        if preset.short_epochs:
+            jobs += [
+                _job(base, "scaling", "budget", family, 2, direction, s, preset.short_epochs)
+                for s in seeds_2x
+            ]
+    if preset.figure4:  # width grown on top of a grid candidate that left width alone
+        a, b, g = preset.figure4
+        start = scaled_shape(base, preset.figure4, 2)
+        for target in (4, 8):
+            grown = Baseline(start[0], base.width, start[2])
+            d, w, r = scaled_shape(grown, DIRECTIONS["width"], target / 2)
+            jobs.append(Job("scaling", "figure4", "width", target, a, b, g, d, w, r, 0, epochs))
+    unique = {}
+    for job in jobs:
+        unique.setdefault(job.run_name, job)
+    return list(unique.values())
 
-    def __init__(
-        self,
-        name: str = "synthetic",
-        train_samples: int = 8000,
-        val_samples: int = 1000,
-        seed: int = 0,
-    ):
-        self.name, self.seed = name, seed
-        self.samples = {"train": train_samples, "val": val_samples, "test": val_samples}
 
-    def __call__(self, split: str, resolution: int):
-        from .data import get_dataset
+def best_candidate(rows: list[dict], preset: Preset) -> tuple | None:
+    """Our alpha, beta, gamma: the grid candidate with the best mean validation accuracy over its
+    seeds (None until every grid model is trained)."""
+    grid = [r for r in rows if r["stage"] == "grid"]
+    if len(grid) < len(preset.grid) * len(preset.grid_seeds):
+        return None
+    means = {}
+    for direction in preset.grid:
+        accs = [r["val_accuracy"] for r in grid if _direction(r) == tuple(direction)]
+        means[tuple(direction)] = sum(accs) / len(accs)
+    return max(means, key=means.get)
 
-        samples = self.samples[split]
-        return get_dataset(self.name, split, resolution, num_samples=samples, seed=self.seed)
+
+def _direction(row: dict) -> tuple:
+    return (row["alpha"], row["beta"], row["gamma"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Training one model
 
 
 def factor_accuracy(
@@ -143,9 +328,7 @@ def factor_accuracy(
     """Accuracy on each factor of a product class (synthetic: arrangement, colour, texture).
 
     "line-warm-grid" for a "line-warm-hex" image is the wrong class but right on arrangement and
-    colour: this shows *which* part of the task a scaled model got better at (texture needs
-    resolution, arrangement needs depth).
-    """
+    colour: this shows *which* part of the task a scaled model got better at."""
     from .synthetic import ARRANGEMENTS, COLOURS, TEXTURES
 
     index = torch.tensor(
@@ -155,176 +338,370 @@ def factor_accuracy(
     return dict(zip(FACTOR_KEYS, right.tolist(), strict=True))
 
 
-def _predictions(model, dataset, batch_size: int = 256) -> tuple[torch.Tensor, float]:
-    """The model's top-1 class for every sample of `dataset`, and their accuracy."""
+def predict(model, dataset, batch_size: int = 250) -> torch.Tensor:
+    """The model's top-1 class for every sample of `dataset` (fp32, eval mode)."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     with torch.no_grad():
-        predictions = torch.cat([model(batch[0]).argmax(dim=1) for batch in loader])
-    return predictions, (predictions == dataset.labels).double().mean().item()
+        return torch.cat([model(batch[0]).argmax(dim=1) for batch in loader])
 
 
-def _train_one(
-    point: StudyPoint, seed: int, dataset_factory, train_config, models_dir: Path | None
-) -> dict:
-    """Train one (point, seed); runs in the main process or in a worker process."""
-    from .training import fit, model_signature
+def study_data_options(recipe: Recipe) -> dict:
+    """The `SyntheticObjects` options of the study's task (pass them to score a study model)."""
+    return {"distractors": recipe.distractors, "texture_amplitude": recipe.texture_amplitude}
 
-    train, val = (dataset_factory(split, point.resolution) for split in ("train", "val"))
-    torch.manual_seed(seed)
-    model = _build(point, len(train.classes))
-    config = replace(train_config, seed=seed, out_dir=None, resume=False)
+
+def build(job: Job, recipe: Recipe):
+    """The untrained model of `job` (light dropout, no stochastic depth: short runs)."""
+    shape = {"depth": job.depth, "width": job.width, "resolution": job.resolution}
+    return efficientnet(**shape, num_classes=24, dropout=recipe.dropout, stochastic_depth=0.0)
+
+
+def train_job(job: Job, recipe: Recipe, base: Baseline, models_dir: Path | None = None) -> dict:
+    """Train one model and score it; returns its result row (with the learning curve and the test
+    predictions). Runs in the main process or in a one-thread worker process."""
+    from .synthetic import FreshSyntheticObjects, SyntheticObjects
+    from .training import fit
+
+    r, options = job.resolution, study_data_options(recipe)
+    train = FreshSyntheticObjects(recipe.images_per_epoch, r, seed=1000 + job.seed, **options)
+    val = SyntheticObjects("val", recipe.val_images, r, **options)
+    test = SyntheticObjects("test", recipe.test_images, r, **options)
+    curve_set = SyntheticObjects("val", min(1000, recipe.val_images), r, **options)  # its start
+    torch.manual_seed(job.seed)
+    model = build(job, recipe)
+    config = recipe.train_config(job.seed, job.epochs)
     start, cpu_start = time.perf_counter(), time.process_time()
-    history = fit(model, train, None, config)  # no validation per epoch: scored once, below
-    # Wall time, and this process's CPU time (with one thread: the wall time on an idle machine).
+    history = fit(model, train, curve_set, config)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     model = model.cpu().to(memory_format=torch.contiguous_format)
-    predictions, accuracy = _predictions(model, val)
-    row = {**asdict(point), "seed": seed, "accuracy": accuracy, "seconds": seconds}
-    row.update(train_accuracy=history.last["accuracy"], cpu_seconds=cpu_seconds)
-    if hasattr(val, "class_factors"):
-        row.update(factor_accuracy(predictions, val.labels, val.class_factors))
+    val_predictions, test_predictions = predict(model, val), predict(model, test)
+    base_flops = shape_flops(base.depth, base.width, base.resolution)
+    flops = shape_flops(job.depth, job.width, job.resolution)
+    row = asdict(job) | {
+        "flops": flops,
+        "flops_ratio": flops / base_flops,
+        "params": sum(p.numel() for p in model.parameters()),
+        "final_map": final_map(r),
+        "val_accuracy": (val_predictions == val.labels).double().mean().item(),
+        "test_accuracy": (test_predictions == test.labels).double().mean().item(),
+        "train_accuracy": history[-1]["accuracy"],
+        **factor_accuracy(test_predictions, test.labels, test.class_factors),
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "curve": [round(record["val_accuracy"], 4) for record in history],
+        "test_predictions": test_predictions.tolist(),
+    }
+    row["attention"] = attention_of(model, test, ATTENTION_SCENES)
     if models_dir is not None:
-        # A plain state_dict in float16 (half the bytes; any torch loads it), scored as stored.
-        state = model.state_dict()
-        weights = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        model.load_state_dict(weights)
-        _, row["saved_model_accuracy"] = _predictions(model, val)
-        signature = model_signature(model)
-        checkpoint = {"model": weights, "model_signature": signature, "study_point": asdict(point)}
-        checkpoint.update({k: row[k] for k in ("seed", "accuracy", "saved_model_accuracy")})
-        torch.save(checkpoint, models_dir / model_filename(point.family, point.target, seed))
+        row["saved_test_accuracy"] = save_model(model, row, models_dir, test)
     return row
 
 
-def model_filename(family: str, target: float, seed: int) -> str:
-    """Where `run_study(save_models=True)` puts a model: ``compound-x2-seed0.pt``."""
-    return f"{family}-x{target:g}-seed{seed}.pt"
+ATTENTION_SCENES = 200  # the first test scenes, scored for every model (Figure 7 in numbers)
 
 
-def run_study(
-    points: list[StudyPoint],
-    dataset_factory,
-    train_config,
-    out_dir: str | Path,
-    seeds: tuple[int, ...] = (0,),
-    log=print,
-    workers: int = 1,
-    save_models: bool = False,
-) -> list[dict]:
-    """Train every planned model (per seed) and write results.json, results.csv, plot.png.
+def attention_of(model, scenes, count: int, layer: str = "head") -> dict[str, list[float]]:
+    """Grad-CAM of the predicted class at `layer` on the first `count` scenes, scored against
+    the discs' masks: per-image energy share, pointing game and IoU (`attention_scores`)."""
+    from .attention import attention_scores, gradcam
 
-    `dataset_factory(split, resolution)` gives each model data at its own resolution. `workers`
-    > 1 trains that many at once, in one-thread processes (so the factory must be picklable, like
-    `DatasetFactory`), with a serial one-thread run's results. `save_models` writes each model to
-    ``out_dir/models/`` (`model_filename`, `load_checkpoint`). Returns a row per (point, seed)."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    images = scenes.images[:count].float() / 255
+    cams = gradcam(model, images, None, layer)  # None: each image's top-1 class
+    scores = attention_scores(cams, scenes.masks[:count, 0].numpy())
+    return {k: [round(float(x), 4) for x in v] for k, v in scores.items()}
+
+
+def model_filename(family: str, target: float, seed: int, epochs: int | None = None) -> str:
+    """Where a study keeps a model's weights: ``compound-x2-seed0.pt``."""
+    suffix = "" if epochs is None else f"-e{epochs}"
+    return f"{family}-x{target:g}-seed{seed}{suffix}.pt"
+
+
+def save_model(model, row: dict, models_dir: Path, test) -> float:
+    """Write the model as a plain fp16 state_dict (any torch loads it, `load_checkpoint` too) and
+    return its test accuracy as stored, which the notebooks check against the trained one."""
+    from .training import model_signature
+
+    weights = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.load_state_dict(weights)
+    stored = (predict(model, test) == test.labels).double().mean().item()
+    keys = ("stage", "family", "target", "seed", "epochs", "test_accuracy")
+    checkpoint = {"model": weights, "model_signature": model_signature(model)}
+    checkpoint |= {k: row[k] for k in keys} | {"saved_test_accuracy": stored}
+    models_dir.mkdir(parents=True, exist_ok=True)
+    name = model_filename(row["family"], row["target"], row["seed"])
+    if row["family"] == "compound" and row["stage"] == "grid":  # a candidate: which one
+        name = f"candidate-a{row['alpha']:.2f}-b{row['beta']:.2f}-g{row['gamma']:.2f}-" + name
+    path = models_dir / name
+    _atomic_write(path, lambda f: torch.save(checkpoint, f))
+    return stored
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file and rename: a stop never leaves half a file."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as f:
+        write(f)
+    os.replace(partial, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Running a study
+
+
+def _spec(preset: Preset) -> dict:
+    return {
+        "preset": preset.name,
+        "baseline": asdict(preset.baseline),
+        "recipe": asdict(preset.recipe),
+    }
+
+
+def load_rows(out_dir: str | Path) -> list[dict]:
+    """Every finished model's result row in `out_dir/runs/` (in name order)."""
+    runs = Path(out_dir) / "runs"
+    return [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
+
+
+def _is_saved(job: Job, preset: Preset) -> bool:
+    chosen = any(job.target == t and job.seed in seeds for t, seeds in preset.saved)
+    return chosen and job.experiment in ("matched", "grid")
+
+
+def run_study(preset: Preset | str, out_dir: str | Path, workers: int = 1, log=print) -> list[dict]:
+    """Train every model of `preset` not yet in `out_dir` and write the results as they come.
+
+    Each model's row goes to ``out_dir/runs/<shape>-e<epochs>-s<seed>.json`` when it finishes, and
+    results.csv and results.json are rewritten; a rerun skips finished models, so a stopped study
+    continues where it stopped (and a preset with more seeds adds only the new ones). The first
+    call writes ``study.json`` (preset, baseline, recipe); a later call with another baseline or
+    recipe is refused: its models would not be comparable. `workers` > 1 trains that many models
+    at once in one-thread processes; one thread makes each model's result the same as a serial
+    run's. Step 1's models go first: step 2's compound models wait for its winner."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from multiprocessing import get_context
 
+    preset = PRESETS[preset] if isinstance(preset, str) else preset
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
-    if (ema := getattr(train_config, "ema_decay", None)) is not None:  # scored: trained weights
-        raise ValueError(f"ema_decay={ema!r}: weight EMA is not supported by the study, use None")
     out_dir = Path(out_dir)
-    results = out_dir / "results.json"
-    if results.exists() and not getattr(train_config, "overwrite", False):
-        raise FileExistsError(f"{results} already exists: use another folder or overwrite=True")
-    models_dir = out_dir / "models" if save_models else None
-    (models_dir or out_dir).mkdir(parents=True, exist_ok=True)  # creates out_dir too
-    jobs = [(point, seed) for point in points for seed in seeds]
-    shared = (dataset_factory, train_config, models_dir)
-
-    def done(row: dict) -> dict:
-        log(
-            "{family:>10} x{flops_ratio:4.2f} FLOPs (d={depth:.2f}, w={width:.2f}, r={resolution}),"
-            " seed {seed}: val accuracy {accuracy:.3f} [{seconds:.0f} s]".format(**row)
+    spec_path, spec = out_dir / "study.json", _spec(preset)
+    if spec_path.exists():
+        stored = json.loads(spec_path.read_text())
+        if {k: stored.get(k) for k in ("baseline", "recipe")} != {
+            k: spec[k] for k in ("baseline", "recipe")
+        }:
+            raise ValueError(
+                f"{out_dir} holds a study with another baseline or recipe ({stored}); its models "
+                "would not be comparable with these. Use another folder."
+            )
+    elif found := [out_dir / n for n in ("results.csv", "results.json") if (out_dir / n).exists()]:
+        raise FileExistsError(
+            f"{found[0]} is there but no study.json (an older study's or another tool's results): "
+            "use another folder"
         )
-        return row
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        spec_path.write_text(json.dumps(spec, indent=2))
+    (out_dir / "runs").mkdir(exist_ok=True)
+    rows = {r["run_name"]: r for r in load_rows(out_dir)}
+    models_dir = out_dir / "models"
+    start, trained, cost_done, seconds_done = time.perf_counter(), 0, 0.0, 0.0
 
+    def pending(ours):
+        jobs = [j for j in plan(preset, ours) if j.run_name not in rows]
+        grid_first = sorted(jobs, key=lambda j: (j.stage != "grid", -_cost(j)))
+        return grid_first
+
+    def finish(job: Job, row: dict, total: int):
+        nonlocal trained, cost_done, seconds_done
+        row["run_name"] = job.run_name
+        _atomic_write(
+            out_dir / "runs" / f"{job.run_name}.json", lambda f: f.write(json.dumps(row).encode())
+        )
+        rows[job.run_name] = row
+        write_results(list(rows.values()), out_dir)
+        trained, cost_done, seconds_done = (
+            trained + 1,
+            cost_done + _cost(job),
+            seconds_done + row["cpu_seconds"],
+        )
+        left = [
+            j
+            for j in plan(preset, best_candidate(list(rows.values()), preset))
+            if j.run_name not in rows
+        ]
+        eta = sum(map(_cost, left)) * seconds_done / cost_done / workers
+        log(
+            f"[{len(rows)} done, {len(left)} left] {job.family} x{job.target:g} ({job.experiment}, "
+            f"seed {job.seed}, {job.epochs} epochs): test accuracy {row['test_accuracy']:.3f}, "
+            f"{row['seconds']:.0f} s; {(time.perf_counter() - start) / 60:.0f} min so far, "
+            f"about {eta / 60:.0f} min left"
+        )
+
+    def task(job):
+        saved = models_dir if _is_saved(job, preset) else None
+        return (job, preset.recipe, preset.baseline, saved)
+
+    ours = best_candidate(list(rows.values()), preset)
+    queue = pending(ours)
+    total = len(queue)
+    log(f"{preset.name} study in {out_dir}: {len(rows)} models done, {total} to train now")
     if workers == 1:
-        rows = [done(_train_one(point, seed, *shared)) for point, seed in jobs]
+        while queue:
+            job = queue.pop(0)
+            finish(job, train_job(*task(job)), total)
+            if ours is None and (ours := best_candidate(list(rows.values()), preset)) is not None:
+                queue = pending(ours)
     else:
         context = get_context("spawn")  # no fork of a threaded parent
-        # One thread per worker: more threads than cores make every operator wait for a busy core.
         one_thread = {"initializer": torch.set_num_threads, "initargs": (1,)}
         with ProcessPoolExecutor(workers, mp_context=context, **one_thread) as pool:
-            # Biggest models first, so the last one to finish is a small one.
-            order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0].flops)
-            futures = {pool.submit(_train_one, *jobs[i], *shared): i for i in order}
-            rows = [None] * len(jobs)
-            for future in as_completed(futures):
-                rows[futures[future]] = done(future.result())
-    write_results(rows, out_dir)
-    return rows
+            running = {}
+            while queue or running:
+                busy = {j.run_name for j in running.values()}
+                for job in [j for j in queue if j.run_name not in busy][: workers - len(running)]:
+                    running[pool.submit(train_job, *task(job))] = job
+                    queue.remove(job)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finish(running.pop(future), future.result(), total)
+                if (
+                    ours is None
+                    and (ours := best_candidate(list(rows.values()), preset)) is not None
+                ):
+                    busy = {j.run_name for j in running.values()}
+                    queue = [j for j in pending(ours) if j.run_name not in busy]
+    if ours is not None:
+        log(f"our alpha, beta, gamma: {ours}")
+    return list(rows.values())
+
+
+def _cost(job: Job) -> float:
+    """Rough training cost (CPU-seconds are about proportional to FLOPs^0.8 times epochs)."""
+    return shape_flops(job.depth, job.width, job.resolution) ** 0.8 * job.epochs
+
+
+COLUMNS = (
+    "stage", "experiment", "family", "target", "flops_ratio", "depth", "width", "resolution",
+    "final_map", "seed", "epochs", "val_accuracy", "test_accuracy", "train_accuracy",
+    *FACTOR_KEYS, "alpha", "beta", "gamma", "flops", "params", "seconds", "cpu_seconds", "run_name",
+)  # fmt: skip
 
 
 def write_results(rows: list[dict], out_dir: str | Path) -> None:
-    """results.json, results.csv (one row per model and seed) and plot.png in `out_dir`."""
+    """results.csv (one row per trained model; grid rows carry alpha, beta, gamma) and
+    results.json (the same rows with learning curves and per-image test predictions)."""
     out_dir = Path(out_dir)
-    (out_dir / "results.json").write_text(json.dumps(rows, indent=2))
-    fields = list(dict.fromkeys(key for row in rows for key in row))  # union, in order
-    with open(out_dir / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+    rows = sorted(
+        rows, key=lambda r: (r["stage"], r["experiment"], r["family"], r["target"], r["seed"])
+    )
+    _atomic_write(out_dir / "results.json", lambda f: f.write(json.dumps(rows).encode()))
+    lines = []
+    for row in rows:
+        line = {k: row.get(k, "") for k in COLUMNS}
+        if row["stage"] != "grid":
+            line.update(alpha="", beta="", gamma="")
+        lines.append(line)
+
+    def write(f):
+        import io
+
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(rows)
-    plot_study(rows, out_dir / "plot.png")
+        writer.writerows(lines)
+        f.write(text.getvalue().encode())
+
+    _atomic_write(out_dir / "results.csv", write)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading a study: selections, paired statistics
+
+
+def select(
+    rows, family=None, target=None, experiment=("grid", "matched"), direction=None, epochs=None
+):
+    """The rows of one comparison point: `family` at `target`, trained in `experiment` (grid rows
+    count as step 2's 2x models), or by `direction` (alpha, beta, gamma) for grid candidates."""
+    chosen = []
+    for r in rows:
+        if family is not None and r["family"] != family:
+            continue
+        if target is not None and r["target"] != target:
+            continue
+        if r["experiment"] not in ((experiment,) if isinstance(experiment, str) else experiment):
+            continue
+        if (
+            direction is not None
+            and r["family"] != "baseline"
+            and _direction(r) != tuple(direction)
+        ):
+            continue
+        if epochs is not None and r["epochs"] != epochs:
+            continue
+        chosen.append(r)
+    return sorted(chosen, key=lambda r: r["seed"])
+
+
+def correct_matrix(rows: list[dict], labels: torch.Tensor) -> torch.Tensor:
+    """(seeds, images) bool: which test images each model got right."""
+    return torch.stack([torch.tensor(r["test_predictions"]) == labels for r in rows])
+
+
+def paired_bootstrap(
+    a: torch.Tensor, b: torch.Tensor, samples: int = 4000, confidence: float = 0.95, seed: int = 0
+) -> dict:
+    """Accuracy of a minus accuracy of b, with a bootstrap interval that resamples *images*
+    (the same images for both: the pairing) and, independently, each side's *seeds*.
+
+    a, b: (seeds, images) bool, right or wrong per test image. Returns the observed difference,
+    the interval at `confidence` (pass 1 - 0.05 / m for m comparisons: Bonferroni) and the share of
+    resamples on the other side of zero."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"need (seeds, images) for both, the same images; got {a.shape}, {b.shape}"
+        )
+    g = torch.Generator().manual_seed(seed)
+    n = a.shape[1]
+    diffs = torch.empty(samples, dtype=torch.float64)
+    a, b = a.double(), b.double()
+    for i in range(samples):
+        images = torch.randint(n, (n,), generator=g)
+        sa = torch.randint(a.shape[0], (a.shape[0],), generator=g)
+        sb = torch.randint(b.shape[0], (b.shape[0],), generator=g)
+        diffs[i] = a[sa][:, images].mean() - b[sb][:, images].mean()
+    observed = (a.mean() - b.mean()).item()
+    tail = (1 - confidence) / 2
+    low, high = torch.quantile(diffs, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    other_side = (
+        (diffs <= 0).double().mean().item() if observed > 0 else (diffs >= 0).double().mean().item()
+    )
+    return {"difference": observed, "low": low, "high": high, "other_side": other_side}
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean and spread (sample std; 0 for one seed) of accuracy per (family, target) over seeds."""
-    groups: dict[tuple, list[dict]] = {}
+    """Mean and spread (sample std over seeds) of test accuracy per (experiment, family, target)."""
+    groups: dict = {}
     for r in rows:
-        groups.setdefault((r["family"], r["target"]), []).append(r)
-    same = ("family", "target", "flops", "flops_ratio", "depth", "width", "resolution")
-    summary = []
-    for group in groups.values():
-        accuracies = torch.tensor([g["accuracy"] for g in group], dtype=torch.float64)
-        factors = [key for key in FACTOR_KEYS if key in group[0]]
-        row = {key: group[0][key] for key in same}  # the same for every seed
-        row["accuracy"] = accuracies.mean().item()
-        row["spread"] = accuracies.std().item() if len(group) > 1 else 0.0
-        row["seeds"] = len(group)
-        summary.append(row | {key: sum(g[key] for g in group) / len(group) for key in factors})
-    return summary
-
-
-def plot_study(rows: list[dict], path: str | Path | None = None):
-    """Accuracy against FLOPs, one line per scaling family (the paper's Figure 8 layout); with
-    per-factor accuracy (synthetic data), two panels more: did arrangement or texture improve?"""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter
-
-    summary = summarize(rows)
-    baseline = [s for s in summary if s["family"] == "baseline"]
-    factors = [key for key in ("arrangement_accuracy", "texture_accuracy") if key in summary[0]]
-    panels = [("accuracy", "validation accuracy, 24 classes (%)")]
-    panels += [(key, f"{key.split('_')[0]} right (%)") for key in factors]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 0.6, 4.2), squeeze=False)
-    for ax, (key, ylabel) in zip(axes[0], panels, strict=True):
-        for family in FAMILIES[1:]:
-            scaled = [s for s in summary if s["family"] == family]
-            if not scaled:
-                continue
-            points = sorted(baseline + scaled, key=lambda s: s["flops"])
-            x, y = [p["flops"] / 1e6 for p in points], [100 * p[key] for p in points]
-            error = [100 * p["spread"] if key == "accuracy" else 0 for p in points]
-            color, label = FAMILY_COLORS[family], f"{family} scaling"
-            ax.errorbar(x, y, yerr=error, marker="o", capsize=3, color=color, label=label)
-        ax.set(xscale="log", xlabel="FLOPs (millions of multiply-adds per image)", ylabel=ylabel)
-        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))  # after the scale, which resets it
-        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
-        ax.grid(alpha=0.3)
-    scaled = [s for s in summary if s["family"] != "baseline"]
-    best = max(scaled, key=lambda s: s["accuracy"], default=None)
-    title = "Scaling a small EfficientNet on synthetic objects"
-    if best is not None:
-        title += f": best is {best['family']} scaling ({100 * best['accuracy']:.1f} %)"
-    axes[0][0].legend(fontsize=9)
-    if len(panels) > 1:
-        axes[0][1].set_title("which part of the label improved: arrangement ...")
-        axes[0][2].set_title("... and texture (chance: 33 % and 25 %)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
+        key = (r["experiment"], r["family"], r["target"], _direction(r), r["epochs"])
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (experiment, family, target, direction, epochs), group in groups.items():
+        accs = torch.tensor([g["test_accuracy"] for g in group], dtype=torch.float64)
+        out.append(
+            {
+                "experiment": experiment, "family": family, "target": target,
+                "alpha": direction[0], "beta": direction[1], "gamma": direction[2],
+                "epochs": epochs, "seeds": len(group),
+                "depth": group[0]["depth"], "width": group[0]["width"],
+                "resolution": group[0]["resolution"], "flops_ratio": group[0]["flops_ratio"],
+                "test_accuracy": accs.mean().item(),
+                "spread": accs.std().item() if len(group) > 1 else 0.0,
+                "val_accuracy": sum(g["val_accuracy"] for g in group) / len(group),
+                **{k: sum(g[k] for g in group) / len(group) for k in FACTOR_KEYS},
+            }
+        )  # fmt: skip
+    return out

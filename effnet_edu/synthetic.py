@@ -193,7 +193,7 @@ def _shape_signed_distance(dx: torch.Tensor, dy: torch.Tensor, shapes: dict) -> 
     return torch.where(shape == 0, disc, torch.where(shape == 1, ring, polygon))
 
 
-def _render(scene: dict[str, torch.Tensor], resolution: int, distractors: bool):
+def _render(scene: dict, resolution: int, distractors: bool, amplitude: float = TEXTURE_AMPLITUDE):
     """Scenes -> images (B, 3, R, R) uint8 and target masks (B, 1, R, R) bool (pixel centres in a
     disc). A pixel is about the scene's average over its area (edges get their covered fraction,
     textures are blurred by `grating_contrast`): sharp at 128 px, soft at 32 px, never aliased."""
@@ -227,7 +227,7 @@ def _render(scene: dict[str, torch.Tensor], resolution: int, distractors: bool):
         centre = d["centre"][:, :, None, None]  # (B * K, 2, 1, 1)
         signed = _shape_signed_distance(wx - centre[:, 0], wy - centre[:, 1], d)
         alpha = edge_coverage(signed, pixel) * d["on"][:, None, None]  # (B * K, C, C)
-        colour = d["rgb"][:, :, None, None] + TEXTURE_AMPLITUDE * texture(wx, wy, d, pixel)[:, None]
+        colour = d["rgb"][:, :, None, None] + amplitude * texture(wx, wy, d, pixel)[:, None]
         windows = [t.unflatten(0, (b, k)).unbind(1) for t in (alpha, colour, rows + c, cols + c)]
         padded = F.pad(canvas, (c, c, c, c))  # (B, 3, R + 2C, R + 2C)
         batch, channel = torch.arange(b)[:, None, None, None], torch.arange(3)[None, :, None, None]
@@ -239,7 +239,7 @@ def _render(scene: dict[str, torch.Tensor], resolution: int, distractors: bool):
     parts = scene["parts"][:, :, :, None, None]  # (B, 3 discs, 2, 1, 1)
     squared = (x - parts[:, :, 0]) ** 2 + (y - parts[:, :, 1]) ** 2  # (B, 3, R, R)
     signed = squared.amin(dim=1).sqrt() - scene["radius"][:, None, None]  # to the nearest disc
-    shade = TEXTURE_AMPLITUDE * texture(x, y, scene, pixel)[:, None]  # (B, 1, R, R)
+    shade = amplitude * texture(x, y, scene, pixel)[:, None]  # (B, 1, R, R)
     canvas = blend(canvas, edge_coverage(signed, pixel), scene["rgb"][:, :, None, None] + shade)
     return (canvas.clamp(0, 1) * 255).round_().byte(), (signed <= 0)[:, None]
 
@@ -252,7 +252,9 @@ class SyntheticObjects(Dataset):
     uint8, `labels` (N,), `masks` (N, 1, R, R) bool and, in pixels, the discs' `centres` (N, 3, 2)
     as (x, y), `radii` (N,), `boxes` (N, 4) as (x0, y0, x1, y1); `classes` ("line-warm-stripes",
     ...), `class_factors`, `class_groups`. A `seed` gives the same bits (on one machine and PyTorch
-    version) whatever `num_samples` and `resolution`; `distractors=False` omits shapes and lines."""
+    version) whatever `num_samples` and `resolution`. An easier task (the scale study's):
+    `distractors=False` omits shapes and lines, a larger `texture_amplitude` makes textures
+    stronger (default 0.25: +-brightness before the pixel blur)."""
 
     def __init__(
         self,
@@ -262,6 +264,7 @@ class SyntheticObjects(Dataset):
         seed: int = 0,
         transform: Callable | None = None,
         distractors: bool = True,
+        texture_amplitude: float = TEXTURE_AMPLITUDE,
     ):
         self.split, self.seed = check_split(split), check_int(seed, "seed", 0)
         n = DEFAULT_NUM_SAMPLES[split] if num_samples is None else num_samples
@@ -271,6 +274,9 @@ class SyntheticObjects(Dataset):
         if transform is not None and not callable(transform):
             raise ValueError(f"transform must be a callable or None, got {transform!r}")
         self.transform, self.distractors = transform, bool(distractors)
+        if not (type(texture_amplitude) in (int, float) and 0 <= texture_amplitude <= 1):
+            raise ValueError(f"texture_amplitude must be in [0, 1], got {texture_amplitude!r}")
+        self.texture_amplitude = float(texture_amplitude)
         self.class_factors, self.class_groups = synthetic_classes(), synthetic_class_groups()
         self.classes = ["-".join(factors) for factors in self.class_factors]
         # A few dozen images at a time (they stay in the CPU cache), one thread (more gain nothing)
@@ -280,7 +286,10 @@ class SyntheticObjects(Dataset):
             chunks = [_draw_scenes(seed, split, i) for i in range(-(-n // _CHUNK))]
             scene = {key: torch.cat([chunk[key] for chunk in chunks])[:n] for key in chunks[0]}
             batches = [{k: v[i : i + batch] for k, v in scene.items()} for i in range(0, n, batch)]
-            images, masks = zip(*(_render(b, r, self.distractors) for b in batches), strict=True)
+            images, masks = zip(
+                *(_render(b, r, self.distractors, self.texture_amplitude) for b in batches),
+                strict=True,
+            )
         finally:
             torch.set_num_threads(threads)
         self.images, self.masks, self.labels = torch.cat(images), torch.cat(masks), scene["label"]
@@ -300,3 +309,31 @@ class SyntheticObjects(Dataset):
 
     def __repr__(self) -> str:
         return f"SyntheticObjects{(self.split, self.num_samples, self.resolution, self.seed)!r}"
+
+
+class FreshSyntheticObjects(Dataset):
+    """Training images that are new every epoch: epoch e is ``SyntheticObjects("train",
+    num_samples, resolution, seed=seed * 1000 + e)``. `fit` calls `set_epoch` before each epoch
+    (and a resumed run at the epoch it resumes), so no image is seen twice and a model cannot
+    overfit; the same seed gives the same stream. Items are (image, label), without masks;
+    `options` (distractors, texture_amplitude) go to `SyntheticObjects`."""
+
+    def __init__(self, num_samples: int, resolution: int = 64, seed: int = 0, **options):
+        self.num_samples = check_int(num_samples, "num_samples", 1)
+        self.resolution, self.seed, self.options = resolution, check_int(seed, "seed", 0), options
+        self.epoch, self.data = None, None
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            seed = self.seed * 1000 + check_int(epoch, "epoch", 0)
+            self.epoch = epoch
+            self.data = SyntheticObjects(
+                "train", self.num_samples, self.resolution, seed, **self.options
+            )
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int):
+        return self.data.images[index].float() / 255, int(self.data.labels[index])

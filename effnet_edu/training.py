@@ -385,6 +385,11 @@ def _build_loader(data, config: TrainConfig, device: torch.device) -> DataLoader
             f"batch_size {batch} is larger than the {samples} training samples per process"
         )
     steps = samples // batch if cap is None else min(samples // batch, cap)
+    if hasattr(data, "set_epoch") and config.num_workers > 0:
+        raise ValueError(
+            "this dataset changes every epoch (it has set_epoch), which worker processes would "
+            "not see: use num_workers=0"
+        )
     sampler = EpochSampler(len(data), config.seed, rank, world, length=steps * batch)
     workers = {"num_workers": config.num_workers, "persistent_workers": config.num_workers > 0}
     # Its own generator: starting an epoch must not draw from the global RNG, or a resumed
@@ -423,6 +428,8 @@ class _Run:
         device, batch, dtype, first = self.device, self.config.batch_size, self.dtype, self.step
         criterion = nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
         loader.sampler.set_epoch(self.epoch, skip=self.step * batch)
+        if hasattr(loader.dataset, "set_epoch"):  # data that changes every epoch
+            loader.dataset.set_epoch(self.epoch)
         start, hide = time.perf_counter(), self.rank != 0 or not self.config.progress
         bar = tqdm(total=self.steps, initial=first, desc=f"epoch {self.epoch + 1}", disable=hide)
         net.train()

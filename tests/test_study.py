@@ -1,5 +1,6 @@
-"""The scale study: matched FLOPs, per-factor accuracy, parallel workers, saved models."""
+"""The scale study: the grid, matched FLOPs, resumable runs, paired statistics, saved models."""
 
+import json
 import math
 
 import pytest
@@ -9,57 +10,91 @@ from effnet_edu import efficientnet
 from effnet_edu.data import SyntheticObjects
 from effnet_edu.profiling import count_flops
 from effnet_edu.study import (
+    DIRECTIONS,
     FAMILIES,
+    GRID,
+    PRESETS,
     Baseline,
-    DatasetFactory,
+    Preset,
+    Recipe,
+    best_candidate,
     factor_accuracy,
-    matched_point,
+    load_rows,
     model_filename,
+    paired_bootstrap,
     plan,
     run_study,
-    summarize,
+    scaled_shape,
 )
-from effnet_edu.training import TrainConfig, evaluate, load_checkpoint
+from effnet_edu.synthetic import FreshSyntheticObjects
+from effnet_edu.training import TrainConfig, fit, load_checkpoint
 
 
-@pytest.mark.parametrize("family", FAMILIES[1:])
-@pytest.mark.parametrize("target", [2.0, 4.0])
-def test_matched_point_hits_the_flops_target(family, target):
-    base = Baseline()
-    point = matched_point(base, family, target)
-    # Measured by FlopCounter-equivalent hooks on the built models, not by the planner's formula.
-    ratio = count_flops(
-        efficientnet(
-            depth=point.depth, width=point.width, resolution=point.resolution, num_classes=24
-        )
-    ) / count_flops(
-        efficientnet(depth=base.depth, width=base.width, resolution=base.resolution, num_classes=24)
-    )
-    assert abs(math.log(ratio / target)) < math.log(1.25), (family, target, ratio)
-    changed = {
-        "depth": point.depth != base.depth,
-        "width": point.width != base.width,
-        "resolution": point.resolution != base.resolution,
-    }
-    if family == "compound":
-        assert all(changed.values())
-    else:
-        assert changed == {name: name == family for name in changed}
+def test_grid_lies_on_the_constraint_and_holds_the_named_directions():
+    assert len(GRID) >= 8 and len(set(GRID)) == len(GRID)
+    for alpha, beta, gamma in GRID:
+        assert min(alpha, beta, gamma) >= 1
+        assert 1.9 <= alpha * beta**2 * gamma**2 <= 2.1, (alpha, beta, gamma)
+    assert {(1.2, 1.1, 1.15), (2.0, 1.0, 1.0), (1.0, 2**0.5, 1.0), (1.0, 1.0, 2**0.5)} <= set(GRID)
 
 
-def test_matched_point_rejects_bad_input():
-    with pytest.raises(ValueError, match="family must be one of"):
-        matched_point(Baseline(), "height", 2.0)
+def _measured_ratio(depth, width, resolution, base):
+    """FLOPs ratio measured by the profiler's hooks on built models, not by the planner."""
+
+    def flops(d, w, r):
+        return count_flops(efficientnet(depth=d, width=w, resolution=r, num_classes=24))
+
+    return flops(depth, width, resolution) / flops(base.depth, base.width, base.resolution)
+
+
+def test_full_study_models_are_within_5_percent_of_their_flops_target():
+    preset, base = PRESETS["full"], PRESETS["full"].baseline
+    jobs = plan(preset, ours=GRID[-1])
+    shapes = {(j.family, j.target, j.depth, j.width, j.resolution) for j in jobs}
+    shapes = {s for s in shapes if s[0] != "baseline"}
+    for family, target, depth, width, resolution in shapes:
+        if (family, target) == ("width", 8) and resolution != base.resolution:
+            continue  # Figure 4's second curve: grown from a grid candidate, not the baseline
+        ratio = _measured_ratio(depth, width, resolution, base)
+        if family == "width" and resolution != base.resolution:
+            assert 0.9 < ratio / target < 1.05
+            continue
+        assert abs(ratio / target - 1) <= 0.05, (family, target, ratio)
+    # A one-dimension family changes that dimension only.
+    for job in jobs:
+        changed = (job.depth != base.depth, job.width != base.width, job.resolution != 54)
+        if job.family in ("depth", "width", "resolution") and job.experiment != "figure4":
+            assert changed == tuple(job.family == f for f in ("depth", "width", "resolution"))
+
+
+def test_plan_lists_each_model_once_with_the_seeds_the_design_needs():
+    preset = PRESETS["full"]
+    first, full = plan(preset), plan(preset, ours=(1.1, 1.1, 1.22))
+    names = [j.run_name for j in full]
+    assert len(names) == len(set(names))
+    assert {j.run_name for j in first} <= set(names)
+    grid = [j for j in full if j.stage == "grid"]
+    assert len(grid) == len(GRID) * 2
+    for family in FAMILIES[1:]:
+        for target, seeds in ((2, 3), (4, 3), (8, 1)):
+            direction = (1.1, 1.1, 1.22) if family == "compound" else DIRECTIONS[family]
+            chosen = [
+                j
+                for j in full
+                if j.target == target and j.experiment in ("grid", "matched")
+                and (j.alpha, j.beta, j.gamma) == direction
+            ]  # fmt: skip
+            assert len({j.seed for j in chosen}) >= seeds, (family, target)
+    with pytest.raises(ValueError, match="must all be >= 1"):
+        scaled_shape(Baseline(), (0.9, 1.2, 1.2), 2)
     with pytest.raises(ValueError, match="target FLOPs ratio must be >= 1"):
-        matched_point(Baseline(), "depth", 0.5)
+        scaled_shape(Baseline(), (2.0, 1.0, 1.0), 0.5)
 
 
 def test_factor_accuracy_counts_each_factor():
     data = SyntheticObjects("val", 24, 16)
     labels = torch.arange(24)
-    # Labels 4k..4k+3 share arrangement and colour and differ in texture: shifting the texture
-    # index keeps arrangement and colour right and gets every texture wrong.
-    wrong_texture = labels // 4 * 4 + (labels + 1) % 4
+    wrong_texture = labels // 4 * 4 + (labels + 1) % 4  # same arrangement and colour
     scores = factor_accuracy(wrong_texture, labels, data.class_factors)
     assert scores == {"arrangement_accuracy": 1.0, "colour_accuracy": 1.0, "texture_accuracy": 0.0}
     wrong_arrangement = (labels + 8) % 24  # same colour and texture, the next arrangement
@@ -67,67 +102,121 @@ def test_factor_accuracy_counts_each_factor():
     assert scores == {"arrangement_accuracy": 0.0, "colour_accuracy": 1.0, "texture_accuracy": 1.0}
 
 
-def test_run_study_in_parallel_equals_serial_and_saves_models(tmp_path):
-    base = Baseline(depth=0.25, width=0.25, resolution=32)
-    points = [p for p in plan(base, (2.0,)) if p.family in ("baseline", "resolution")]
-    factory = DatasetFactory("synthetic", train_samples=64, val_samples=48)
-    config = TrainConfig(
-        epochs=1,
-        batch_size=32,
-        optimizer="adamw",
-        lr=3e-3,
-        label_smoothing=0.0,
-        progress=False,
-        device="cpu",
+def test_paired_bootstrap_against_hand_computed_cases():
+    torch.manual_seed(0)
+    a = torch.rand(3, 400) < 0.6
+    same = paired_bootstrap(a[:1], a[:1].clone())  # one seed each: only images are resampled
+    assert same["difference"] == 0 and same["low"] == 0 and same["high"] == 0
+    seeds = paired_bootstrap(a, a.clone())  # resampled seeds differ: an interval around zero
+    assert seeds["low"] < 0 < seeds["high"]
+    better = a | (torch.rand(3, 400) < 0.3)  # right wherever a is, and on more images
+    result = paired_bootstrap(better, a)
+    assert result["difference"] == pytest.approx(
+        (better.double().mean() - a.double().mean()).item()
     )
-    # Workers train with one thread each; the serial run must too for bit-equal results (a
-    # different thread count changes the order of floating-point sums).
+    assert 0 < result["low"] <= result["difference"] <= result["high"]
+    assert result["other_side"] < 0.01
+    # Pairing matters: two models wrong on different images differ by zero, with a wide interval.
+    x = torch.zeros(1, 400, dtype=torch.bool)
+    x[0, :200] = True
+    y = ~x
+    wide = paired_bootstrap(x, y)
+    assert wide["low"] < -0.05 and wide["high"] > 0.05
+    with pytest.raises(ValueError, match="the same images"):
+        paired_bootstrap(a, a[:, :10])
+
+
+def test_fresh_synthetic_data_changes_every_epoch_and_repeats_per_seed():
+    data = FreshSyntheticObjects(32, 24, seed=3)
+    first = data[0][0].clone()
+    data.set_epoch(1)
+    assert not torch.equal(data[0][0], first)
+    assert torch.equal(FreshSyntheticObjects(32, 24, seed=3)[0][0], first)
+    with pytest.raises(ValueError, match="num_workers=0"):
+        fit(efficientnet(depth=0.1, width=0.1, resolution=32, num_classes=24), data,
+            config=TrainConfig(epochs=1, batch_size=8, num_workers=1, progress=False))  # fmt: skip
+
+
+TINY = Preset(
+    "test",
+    recipe=Recipe(epochs=2, images_per_epoch=96, batch_size=32, val_images=64, test_images=64),
+    grid=(DIRECTIONS["depth"], DIRECTIONS["compound_paper"]),
+    grid_seeds=(0,),
+    targets=((2, (0,)),),
+    short_epochs=None,
+    figure4=None,
+    saved=((1, (0,)), (2, (0,))),
+)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_stopped_study_resumes_and_equals_one_never_stopped(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers: bit-equal results
+    try:
+        whole = run_study(TINY, tmp_path / "whole", log=lambda _: None)
+
+        def stop_after_first(line):
+            if line.startswith("[1 done"):
+                raise Stop
+
+        with pytest.raises(Stop):
+            run_study(TINY, tmp_path / "stopped", log=stop_after_first)
+        assert len(load_rows(tmp_path / "stopped")) == 1
+        lines = []
+        resumed = run_study(TINY, tmp_path / "stopped", log=lines.append)
+    finally:
+        torch.set_num_threads(threads)
+    assert sum(line.startswith("[") for line in lines) == len(whole) - 1  # trained only the rest
+    drop = ("seconds", "cpu_seconds")
+
+    def same(rows):
+        return sorted(json.dumps({k: v for k, v in r.items() if k not in drop}) for r in rows)
+
+    assert same(resumed) == same(whole)
+    assert best_candidate(whole, TINY) in TINY.grid
+    header = (tmp_path / "whole" / "results.csv").read_text().splitlines()[0].split(",")
+    for column in ("stage", "family", "target", "flops_ratio", "depth", "width", "resolution",
+                   "seed", "epochs", "val_accuracy", "alpha", "beta", "gamma"):  # fmt: skip
+        assert column in header
+    # The saved models are plain fp16 state_dicts that reload to the accuracy recorded.
+    for row in whole:
+        if row["target"] > 2 or row["stage"] == "grid" and row["family"] == "compound":
+            continue
+        path = tmp_path / "whole" / "models" / model_filename(row["family"], row["target"], 0)
+        weights = torch.load(path, weights_only=True)
+        assert {v.dtype for v in weights["model"].values() if v.is_floating_point()} == {
+            torch.float16
+        }
+        model, _ = load_checkpoint(path)
+        test = SyntheticObjects(
+            "test", 64, row["resolution"], distractors=False, texture_amplitude=0.5
+        )
+        with torch.no_grad():
+            accuracy = (model(test.images.float() / 255).argmax(1) == test.labels).double().mean()
+        assert math.isclose(accuracy.item(), row["saved_test_accuracy"], abs_tol=0.005)
+    other = Preset("test", recipe=Recipe(epochs=3, images_per_epoch=96, batch_size=32))
+    with pytest.raises(ValueError, match="another baseline or recipe"):
+        run_study(other, tmp_path / "whole", log=lambda _: None)
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        run_study(TINY, tmp_path / "x", workers=0)
+
+
+def test_parallel_workers_give_the_serial_results(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        serial = run_study(points, factory, config, tmp_path / "serial", log=lambda _: None)
+        serial = run_study(TINY, tmp_path / "serial", log=lambda _: None)
     finally:
         torch.set_num_threads(threads)
-    parallel = run_study(
-        points,
-        factory,
-        config,
-        tmp_path / "parallel",
-        workers=2,
-        save_models=True,
-        log=lambda _: None,
+    parallel = run_study(TINY, tmp_path / "parallel", workers=2, log=lambda _: None)
+    drop = ("seconds", "cpu_seconds")
+    key = sorted(
+        json.dumps({k: v for k, v in r.items() if k not in drop}, sort_keys=True) for r in serial
     )
-    drop = ("seconds", "cpu_seconds", "saved_model_accuracy")  # timings; only saved models
-    assert [{k: v for k, v in r.items() if k not in drop} for r in serial] == [
-        {k: v for k, v in r.items() if k not in drop} for r in parallel
-    ]
-    assert {"arrangement_accuracy", "colour_accuracy", "texture_accuracy"} <= set(serial[0])
-    for name in ("results.json", "results.csv", "plot.png"):
-        assert (tmp_path / "parallel" / name).is_file()
-    # A saved model is the trained one in float16, a plain state_dict: reloaded, it scores exactly
-    # what the study recorded for the saved model (the trained model's own score is on the row).
-    for row in parallel:
-        path = tmp_path / "parallel" / "models" / model_filename(row["family"], row["target"], 0)
-        model, checkpoint = load_checkpoint(path)
-        val = factory("val", row["resolution"])
-        torch.set_num_threads(1)  # as in the workers: equal sums, so equal predictions
-        try:
-            accuracy = evaluate(model, val, device="cpu", amp="off", channels_last=False)[
-                "accuracy"
-            ]
-        finally:
-            torch.set_num_threads(threads)
-        assert accuracy == pytest.approx(row["saved_model_accuracy"], abs=1e-9)
-        assert checkpoint["accuracy"] == row["accuracy"]
-        assert {v.dtype for v in checkpoint["model"].values() if v.is_floating_point()} == {
-            torch.float16
-        }
-    assert summarize(parallel)[1]["texture_accuracy"] == parallel[1]["texture_accuracy"]
-    assert "saved_model_accuracy" not in summarize(parallel)[1]
-    with pytest.raises(FileExistsError, match="already exists"):
-        run_study(points, factory, config, tmp_path / "serial", log=lambda _: None)
-    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
-        run_study(points, factory, config, tmp_path / "other", workers=0)
-    with pytest.raises(ValueError, match=r"ema_decay=0\.99: weight EMA is not supported"):
-        ema = TrainConfig(epochs=1, ema_decay=0.99, progress=False, device="cpu")
-        run_study(points, factory, ema, tmp_path / "other")
+    assert key == sorted(
+        json.dumps({k: v for k, v in r.items() if k not in drop}, sort_keys=True) for r in parallel
+    )
