@@ -60,6 +60,31 @@ MUTANTS = {
         ("q1_round_filters", "no 10 % rule", [("if rounded < 0.9 * scaled:", "if False:")], True),
         (
             "q1_round_filters",
+            "imports the package's function instead of writing it",
+            [
+                (
+                    "def round_filters(channels, width, divisor=8):",
+                    "from effnet_edu.scaling import round_filters\n\n\n"
+                    "def _not_mine(channels, width, divisor=8):",
+                )
+            ],
+            True,
+        ),
+        (
+            "q1_round_filters",
+            "no 10 % rule, and patches the package with it",
+            [
+                ("if rounded < 0.9 * scaled:", "if False:"),
+                (
+                    "    return int(rounded)\n",
+                    "    return int(rounded)\n\n\nimport effnet_edu.scaling\n"
+                    "effnet_edu.scaling.round_filters = round_filters\n",
+                ),
+            ],
+            True,
+        ),
+        (
+            "q1_round_filters",
             "Python's round() to a multiple of 8",
             [
                 (
@@ -138,6 +163,17 @@ MUTANTS = {
         ),
     ],
     "a2_build_mbconv": [
+        (
+            "q3_mbconv",
+            "imports the package's MBConv instead of writing it",
+            [
+                (
+                    "class MBConv(nn.Module):",
+                    "from effnet_edu.blocks import MBConv\n\n\nclass _NotMine(nn.Module):",
+                )
+            ],
+            True,
+        ),
         (
             "q1_squeeze_excitation",
             "no sigmoid",
@@ -648,3 +684,104 @@ def test_masters_and_build_are_not_collected_by_nbval(pytestconfig):
     assert collected.returncode == 5, (  # 5: "no tests were collected"
         f"pytest --nbval collects from {ASSIGNMENTS}:\n{collected.stdout[-2000:]}"
     )
+
+
+# ----------------------------------------------------------------------------- the handout's code
+
+
+def _graded_nodes(package: Path, name: str) -> dict:
+    """{graded name: its ast node} in `package` (the repository's or a student's copy)."""
+    import ast
+
+    nodes = {}
+    for module, names in make_assignments.GRADED[name].items():
+        tree = ast.parse((package / module).read_text())
+        nodes |= {n.name: n for n in tree.body if getattr(n, "name", None) in names}
+    return nodes
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_student_package_holds_none_of_the_graded_code(build, name):
+    import ast
+
+    student = build(name) / "student" / "effnet_edu"
+    originals, stubs = _graded_nodes(make_assignments.PACKAGE, name), _graded_nodes(student, name)
+    assert (
+        set(stubs)
+        == set(originals)
+        == {n for v in make_assignments.GRADED[name].values() for n in v}
+    )
+    for stub in stubs.values():
+        code = ast.unparse(stub)
+        assert "raise NotImplementedError" in code and len(code.splitlines()) <= 6, code
+        assert f"{name}.ipynb" in code  # the message says where the student writes it
+    # No line of a graded body (long enough to be distinctive) is anywhere in the student's copy.
+    text = "\n".join(p.read_text() for p in student.rglob("*.py"))
+    present = {line.strip() for line in text.splitlines()}
+    source = {m: (make_assignments.PACKAGE / m).read_text() for m in make_assignments.GRADED[name]}
+    for graded, node in originals.items():
+        module = next(m for m, names in make_assignments.GRADED[name].items() if graded in names)
+        body = ast.get_source_segment(source[module], node).splitlines()[1:]
+        lines = [line.strip() for line in body if len(line.strip()) >= 25]
+        lines = [line for line in lines if not line.startswith(('"""', "#"))]
+        elsewhere = source[module].replace(ast.get_source_segment(source[module], node), "")
+        others = {x.strip() for m in make_assignments.package_files() for x in (
+            elsewhere if m.name == module else m.read_text()).splitlines()}  # fmt: skip
+        lines = [line for line in lines if line not in others]  # only this body's own lines
+        assert lines, f"{graded}: nothing distinctive to look for"
+        leaked = [line for line in lines if line in present]
+        assert not leaked, f"{name}: {graded}'s code is in the handout: {leaked[:3]}"
+    # The rest of the package still imports and works; a stub says what to do.
+    graded = sorted(originals)[0]
+    module = next(m for m, names in make_assignments.GRADED[name].items() if graded in names)
+    script = (
+        "import effnet_edu, importlib\n"
+        f"m = importlib.import_module('effnet_edu.{module[:-3]}')\n"
+        f"try:\n    m.{graded}(1, 2, 3)\nexcept NotImplementedError as e:\n    print(e)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=student.parent, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"{graded} is yours to write in {name}.ipynb" in run.stdout
+
+
+def test_a2_passes_a_correct_solution_with_its_submodules_in_another_order(solved):
+    notebook, tests, solved_namespace, errors = solved("a2_build_mbconv")
+    # Declare the submodules in reverse order: SE's reduce/expand, MBConv's expand ... project.
+    orders = {
+        "class SqueezeExcitation(": ("self.reduce =", "self.act =", "self.expand ="),
+        "class MBConv(": ("self.expand =", "self.depthwise =", "self.se =", "self.project ="),
+    }
+    cells = copy.deepcopy(notebook.cells)
+    for header, starts in orders.items():
+        where = [c for c in cells if c.cell_type == "code" and c.source.startswith(header)]
+        assert len(where) == 1, f"no single solution cell starts with {header!r}"
+        lines = where[0].source.splitlines(keepends=True)
+        at = [i for i, line in enumerate(lines) if line.strip().startswith(starts)]
+        assert len(at) == len(starts) and at == list(range(at[0], at[0] + len(at))), at
+        lines[at[0] : at[-1] + 1] = lines[at[0] : at[-1] + 1][::-1]
+        where[0].source = "".join(lines)
+    namespace = {"__name__": "__main__"}
+    assert not _execute(cells, namespace)
+    assert list(namespace["MBConv"](16, 24, 6, 3, 2).state_dict())[0].startswith("project.")
+    for question, result in _grade(tests, namespace).items():
+        assert result.passed_all, (
+            f"{question} fails a correct, reordered solution:\n{_failures(result)}"
+        )
+
+
+@pytest.mark.parametrize("name", ["a1_scaling_rules", "a2_build_mbconv"])
+def test_grading_the_master_gives_the_same_scores_with_one_or_two_threads(solved, name):
+    import torch
+
+    notebook, tests, namespace, errors = solved(name)
+    threads, scores = torch.get_num_threads(), []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results = _grade(tests, dict(namespace))
+            scores.append({q: [c.passed for c in r.test_case_results] for q, r in results.items()})
+    finally:
+        torch.set_num_threads(threads)
+    assert scores[0] == scores[1] and all(all(v) for v in scores[0].values())

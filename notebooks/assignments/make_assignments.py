@@ -8,7 +8,9 @@ tool, run here through its Python API) writes
 
     <out>/<name>/student/<name>.ipynb           solutions and hidden tests removed: hand this out
     <out>/<name>/student/effnet_edu/            the package the notebook imports, so the folder
-                                                 runs anywhere torch is installed
+                                                 runs anywhere torch is installed, WITHOUT what
+                                                 the assignment asks for (`GRADED`: each is a
+                                                 stub that raises NotImplementedError)
     <out>/<name>/autograder/<name>.ipynb        the solutions, with every test
     <out>/<name>/autograder/<name>-autograder.zip   upload to Gradescope, or grade locally with
                                                  `otter run` / `otter grade`
@@ -22,9 +24,16 @@ Two things are added to what `otter assign` does, both so that a build is reprod
   with a timestamp. Here every cell id is derived from the cell's position and content, and the
   zip is rewritten with its entries sorted, fixed dates and no timestamp in its name: building
   twice gives byte-identical files.
-- The zip also carries the `effnet_edu` package (as `files/effnet_edu/`, which otter copies next
-  to each submission before grading), since the hidden tests compare against it and it is not on
-  PyPI.
+- The zip also carries the whole `effnet_edu` package (as `files/effnet_edu/`, which otter copies
+  next to each submission before grading), since the notebooks import it and it is not on PyPI.
+  The hidden tests do not trust it as a reference (a submission could patch it): they compare
+  with values and formulas written into the tests, torch's FlopCounterMode and torchvision, and
+  check that each graded object was defined in the notebook, not imported.
+
+The student's copy of the package is the one thing that differs from the repository: every
+function and class in `GRADED` is replaced by a stub (same name, same base classes) whose call
+raises NotImplementedError naming the notebook, so the handout does not contain the solutions
+and the rest of the package still imports and works.
 
 Used by: `make assignments`, tests/test_assignments.py, docs/teaching.md.
 """
@@ -47,6 +56,53 @@ PACKAGE = REPOSITORY / "effnet_edu"
 DEFAULT_OUT = REPOSITORY / "build" / "assignments"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip file can hold
 EXECUTABLES = {"run_autograder", "setup.sh"}
+
+
+# What each assignment asks the student to write: {module file: names}, stubbed in the handout.
+GRADED = {
+    "a1_scaling_rules": {
+        "scaling.py": [
+            "compound_coefficients",
+            "flops_multiplier",
+            "round_filters",
+            "round_repeats",
+        ],
+        "profiling.py": ["conv2d_macs"],
+    },
+    "a2_build_mbconv": {"blocks.py": ["SqueezeExcitation", "stochastic_depth", "MBConv"]},
+    "a3_scale_and_look": {"attention.py": ["energy_share"]},
+}
+
+
+def stub_source(source: str, names: list[str], assignment: str) -> str:
+    """`source` with each top-level function or class in `names` replaced by a stub that raises
+    NotImplementedError (a class keeps its bases, so isinstance checks still work)."""
+    import ast
+
+    tree, lines = ast.parse(source), source.splitlines(keepends=True)
+    nodes = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    missing = [name for name in names if name not in nodes]
+    if missing:
+        raise RuntimeError(f"GRADED names {missing} are not top-level definitions")
+    for name in sorted(names, key=lambda n: -nodes[n].lineno):  # from the bottom up
+        node = nodes[name]
+        start = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
+        message = (
+            f"{name} is yours to write in {assignment}.ipynb: this copy of effnet_edu leaves it out"
+        )
+        note = f'    """Left out of the handout: you write {name} in {assignment}.ipynb."""\n'
+        if isinstance(node, ast.ClassDef):
+            bases = ", ".join(ast.unparse(b) for b in node.bases)
+            stub = (
+                f"class {name}({bases}):\n{note}\n    def __init__(self, *args, **kwargs):\n"
+                f"        raise NotImplementedError({message!r})\n"
+            )
+        else:
+            stub = (
+                f"def {name}(*args, **kwargs):\n{note}    raise NotImplementedError({message!r})\n"
+            )
+        lines[start : node.end_lineno] = [stub]
+    return "".join(lines)
 
 
 def masters() -> list[Path]:
@@ -86,13 +142,20 @@ def repack_zip(source: Path, destination: Path) -> None:
             repacked.writestr(info, entries[name])
 
 
-def copy_package(destination: Path) -> None:
+def copy_package(destination: Path, assignment: str | None = None) -> None:
+    """Copy effnet_edu into `destination`; for a student folder (`assignment` given), with the
+    assignment's `GRADED` functions and classes replaced by stubs."""
     target = destination / "effnet_edu"
     shutil.rmtree(target, ignore_errors=True)
+    graded = GRADED.get(assignment, {}) if assignment else {}
     for path in package_files():
         out = target / path.relative_to(PACKAGE)
         out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, out)
+        names = graded.get(path.relative_to(PACKAGE).as_posix())
+        if names:
+            out.write_text(stub_source(path.read_text(), names, assignment))
+        else:
+            shutil.copyfile(path, out)
 
 
 def build_one(master: Path, out: Path, run_tests: bool = True) -> Path:
@@ -108,13 +171,15 @@ def build_one(master: Path, out: Path, run_tests: bool = True) -> Path:
     autograder, student = result / "autograder", result / "student"
     zips = sorted(autograder.glob(f"{name}-autograder_*.zip"))
     if len(zips) != 1:
-        raise RuntimeError(f"expected one autograder zip from otter assign in {autograder}, "
-                           f"found {[z.name for z in zips]}")
+        raise RuntimeError(
+            f"expected one autograder zip from otter assign in {autograder}, "
+            f"found {[z.name for z in zips]}"
+        )
     repack_zip(zips[0], autograder / f"{name}-autograder.zip")
     zips[0].unlink()
     for notebook in (autograder / master.name, student / master.name):
         normalise_cell_ids(notebook)
-    copy_package(student)
+    copy_package(student, name)
     return result
 
 
@@ -125,19 +190,29 @@ def describe(result: Path) -> str:
     for name, test in notebook.metadata["otter"]["tests"].items():
         cases = test["suites"][0]["cases"]
         hidden = sum(case["hidden"] for case in cases)
-        lines.append(f"    {name}: {test.get('points', len(cases))} points, "
-                     f"{len(cases) - hidden} public and {hidden} hidden test(s)")
+        lines.append(
+            f"    {name}: {test.get('points', len(cases))} points, "
+            f"{len(cases) - hidden} public and {hidden} hidden test(s)"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("names", nargs="*", help="assignments to build (default: all), e.g. "
-                        "a1_scaling_rules")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"build folder (default: {DEFAULT_OUT.relative_to(REPOSITORY)})")
-    parser.add_argument("--no-run-tests", action="store_true",
-                        help="do not grade the solutions against the tests (faster)")
+    parser.add_argument(
+        "names", nargs="*", help="assignments to build (default: all), e.g. a1_scaling_rules"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"build folder (default: {DEFAULT_OUT.relative_to(REPOSITORY)})",
+    )
+    parser.add_argument(
+        "--no-run-tests",
+        action="store_true",
+        help="do not grade the solutions against the tests (faster)",
+    )
     args = parser.parse_args(argv)
 
     available = {m.stem: m for m in masters()}
