@@ -199,7 +199,8 @@ def scaled_shape(base: Baseline, direction: tuple, target: float) -> tuple[float
     phi = log2(target) gives the nominal d * alpha^phi, w * beta^phi, r * gamma^phi. Whole
     blocks, channels in multiples of 8 and whole pixels make FLOPs a step function, so: first
     scan phi finely (one multiplier for all three); if no phi lands within 2 %, also nudge each
-    dimension that grows by up to 30 % (and pixels by up to 5) and keep the closest to nominal."""
+    dimension that grows by up to 30 % (pixels by up to 5; if that is not enough, 50 % and 12
+    pixels) and keep the shape closest to nominal."""
     alpha, beta, gamma = direction
     if min(direction) < 1:
         raise ValueError(f"alpha, beta, gamma must all be >= 1, got {direction}")
@@ -217,22 +218,26 @@ def scaled_shape(base: Baseline, direction: tuple, target: float) -> tuple[float
 
     phi = math.log(target) / math.log(alpha * beta**2 * gamma**2)
     best = min((shape(phi * (0.7 + 0.6 * i / 600)) for i in range(601)), key=error)
-    if error(best) > 0.02 and sum(x > 1 for x in direction) > 1:
-        nominal = shape(phi)
-        steps = [1.0 + 0.02 * k for k in range(-15, 16)]
+    nominal = shape(phi)
+
+    def distance(s):  # from the nominal shape, in log-FLOPs shares
+        return sum(math.log(x / y) ** 2 for x, y in zip(s, nominal, strict=True))
+
+    def nudged(steps, pixels):
         nudges = [
             (a, b, c)
             for a in (steps if alpha > 1 else [1.0])
             for b in (steps if beta > 1 else [1.0])
-            for c in (range(-5, 6) if gamma > 1 else [0])
+            for c in (pixels if gamma > 1 else [0])
         ]
         close = [shape(phi, n) for n in nudges]
         close = [s for s in close if error(s) < 0.02] or [min(close, key=error)]
+        return min(close, key=distance)
 
-        def distance(s):  # from the nominal shape, in log-FLOPs shares
-            return sum(math.log(x / y) ** 2 for x, y in zip(s, nominal, strict=True))
-
-        best = min(close, key=distance)
+    if error(best) > 0.02 and sum(x > 1 for x in direction) > 1:
+        best = nudged([1.0 + 0.02 * k for k in range(-15, 16)], range(-5, 6))
+        if abs(shape_flops(*best) / goal - 1) > FLOPS_TOLERANCE:  # rarely: look further
+            best = nudged([1.0 + 0.02 * k for k in range(-25, 26)], range(-12, 13))
     if abs(shape_flops(*best) / goal - 1) > FLOPS_TOLERANCE:
         raise ValueError(
             f"no shape along {direction} is within {FLOPS_TOLERANCE:.0%} of {target}x the "
@@ -293,7 +298,8 @@ def plan(preset: Preset, ours: tuple | None = None) -> list[Job]:
         start = scaled_shape(base, preset.figure4, 2)
         for target in (4, 8):
             grown = Baseline(start[0], base.width, start[2])
-            d, w, r = scaled_shape(grown, DIRECTIONS["width"], target / 2)
+            ratio = target * shape_flops(base.depth, base.width, base.resolution)
+            d, w, r = scaled_shape(grown, DIRECTIONS["width"], ratio / shape_flops(*start))
             jobs.append(Job("scaling", "figure4", "width", target, a, b, g, d, w, r, 0, epochs))
     unique = {}
     for job in jobs:
@@ -544,7 +550,7 @@ def run_study(preset: Preset | str, out_dir: str | Path, workers: int = 1, log=p
         saved = models_dir if _is_saved(job, preset) else None
         return (job, preset.recipe, preset.baseline, saved)
 
-    ours = best_candidate(list(rows.values()), preset)
+    ours, failures = best_candidate(list(rows.values()), preset), []
     queue = pending(ours)
     total = len(queue)
     log(f"{preset.name} study in {out_dir}: {len(rows)} models done, {total} to train now")
@@ -566,13 +572,23 @@ def run_study(preset: Preset | str, out_dir: str | Path, workers: int = 1, log=p
                     queue.remove(job)
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    finish(running.pop(future), future.result(), total)
+                    job = running.pop(future)
+                    try:
+                        row = future.result()
+                    except Exception as error:  # keep the other models training; raise at the end
+                        log(f"{job.run_name} failed: {type(error).__name__}: {error}")
+                        failures.append((job, error))
+                        continue
+                    finish(job, row, total)
                 if (
                     ours is None
                     and (ours := best_candidate(list(rows.values()), preset)) is not None
                 ):
                     busy = {j.run_name for j in running.values()}
                     queue = [j for j in pending(ours) if j.run_name not in busy]
+    if failures:
+        job, error = failures[0]
+        raise RuntimeError(f"{len(failures)} model(s) failed, first {job.run_name}") from error
     if ours is not None:
         log(f"our alpha, beta, gamma: {ours}")
     return list(rows.values())

@@ -24,8 +24,9 @@ Two things are added to what `otter assign` does, both so that a build is reprod
   with a timestamp. Here every cell id is derived from the cell's position and content, and the
   zip is rewritten with its entries sorted, fixed dates and no timestamp in its name: building
   twice gives byte-identical files.
-- The zip also carries the whole `effnet_edu` package (as `files/effnet_edu/`, which otter copies
-  next to each submission before grading), since the notebooks import it and it is not on PyPI.
+- The zip also carries the `effnet_edu` package (as `files/effnet_edu/`, which otter copies next
+  to each submission before grading), since the notebooks import it and it is not on PyPI: the
+  handout's copy, graded code left out, so a submission cannot wrap the package's solution.
   The hidden tests do not trust it as a reference (a submission could patch it): they compare
   with values and formulas written into the tests, torch's FlopCounterMode and torchvision, and
   check that each graded object was defined in the notebook, not imported.
@@ -124,15 +125,20 @@ def package_files() -> list[Path]:
     return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def repack_zip(source: Path, destination: Path) -> None:
-    """Rewrite otter's autograder zip deterministically, adding effnet_edu under files/."""
+def repack_zip(source: Path, destination: Path, assignment: str) -> None:
+    """Rewrite otter's autograder zip deterministically, adding effnet_edu under files/: the
+    handout's copy, with the graded code left out (a submission could otherwise wrap it)."""
     entries: dict[str, bytes] = {}
     with zipfile.ZipFile(source) as original:
         for info in original.infolist():
             if not info.is_dir():
                 entries[info.filename] = original.read(info)
+    graded = GRADED.get(assignment, {})
     for path in package_files():
-        entries[f"files/effnet_edu/{path.relative_to(PACKAGE).as_posix()}"] = path.read_bytes()
+        relative = path.relative_to(PACKAGE).as_posix()
+        names = graded.get(relative)
+        text = stub_source(path.read_text(), names, assignment).encode() if names else None
+        entries[f"files/effnet_edu/{relative}"] = text or path.read_bytes()
     with zipfile.ZipFile(destination, "w", compression=zipfile.ZIP_DEFLATED) as repacked:
         for name in sorted(entries):
             info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
@@ -175,7 +181,7 @@ def build_one(master: Path, out: Path, run_tests: bool = True) -> Path:
             f"expected one autograder zip from otter assign in {autograder}, "
             f"found {[z.name for z in zips]}"
         )
-    repack_zip(zips[0], autograder / f"{name}-autograder.zip")
+    repack_zip(zips[0], autograder / f"{name}-autograder.zip", name)
     zips[0].unlink()
     for notebook in (autograder / master.name, student / master.name):
         normalise_cell_ids(notebook)
