@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test lint clean-venv
+.PHONY: lab test lint clean-venv gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ lint: $(STAMP)
 .PHONY: assignments
 assignments: $(STAMP)
 	TQDM_DISABLE=1 $(BIN)/python notebooks/assignments/make_assignments.py
+
+# On a machine with an NVIDIA GPU: notebook 04's GPU branch, the benchmarks on CUDA and a
+# two-process torchrun run, in one report under build/gpu-check/. Skips where there is no GPU.
+gpu-check: $(STAMP)
+	TQDM_DISABLE=1 $(BIN)/python benchmarks/gpu_check.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -24,16 +24,18 @@ from .attention import (
     resolve_layer,
     summarize_scores,
 )
-from .blocks import MBConv, SqueezeExcitation, stochastic_depth
+from .blocks import FusedMBConv, MBConv, SqueezeExcitation, stochastic_depth
 from .data import DATASET_NAMES, class_names, get_dataset
 from .model import (
     BASELINE_STAGES,
     LITE_VARIANTS,
+    V2_STAGES,
     EfficientNet,
     EfficientNetConfig,
     StageConfig,
     efficientnet_config,
     efficientnet_lite_config,
+    efficientnet_v2,
     scale_stages,
 )
 from .plots import plot_class_grid

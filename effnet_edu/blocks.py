@@ -1,4 +1,5 @@
-"""The layers EfficientNet is made of: conv-BN-activation, squeeze-and-excitation, MBConv.
+"""The layers EfficientNet is made of: conv-BN-activation, squeeze-and-excitation, MBConv, and
+EfficientNetV2's Fused-MBConv.
 
 MBConv is MobileNetV2's inverted residual bottleneck (Sandler et al., 2018) with
 squeeze-and-excitation (Hu et al., 2018) and stochastic depth (Huang et al., 2016), as used by
@@ -7,6 +8,9 @@ EfficientNet (Tan & Le, 2019, Section 4 and Table 1):
     x (C_in) -> 1x1 expand (C_in * e) -> k x k depthwise, stride s -> SE -> 1x1 project (C_out)
       \\_________________________ + (only if s == 1 and C_in == C_out) _________________________/
 
+Fused-MBConv (EfficientNetV2, Tan & Le, 2021, Section 3.2 and Figure 2) fuses the first two:
+
+    x (C_in) -> k x k conv, stride s (C_in * e) -> 1x1 project (C_out)      (+ x, same rule)
 """
 
 from __future__ import annotations
@@ -116,6 +120,14 @@ def stochastic_depth(x: torch.Tensor, drop_probability: float, training: bool) -
     return x * keep
 
 
+def _check_block_arguments(stride: int, stochastic_depth: float) -> None:
+    """The two arguments MBConv and FusedMBConv validate alike."""
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+    if not 0.0 <= stochastic_depth < 1.0:
+        raise ValueError(f"stochastic_depth must be in [0, 1), got {stochastic_depth!r}")
+
+
 class MBConv(nn.Module):
     """Mobile inverted bottleneck with optional squeeze-and-excitation and stochastic depth.
 
@@ -138,10 +150,7 @@ class MBConv(nn.Module):
         padding: str = "symmetric",
     ):
         super().__init__()
-        if stride not in (1, 2):
-            raise ValueError(f"stride must be 1 or 2, got {stride!r}")
-        if not 0.0 <= stochastic_depth < 1.0:
-            raise ValueError(f"stochastic_depth must be in [0, 1), got {stochastic_depth!r}")
+        _check_block_arguments(stride, stochastic_depth)
         norm = {"bn_eps": bn_eps, "bn_momentum": bn_momentum, "padding": padding}
         expanded = in_channels * expand_ratio
         # No expansion when the ratio is 1 (stage 1), as in the official code: the block is then a
@@ -180,3 +189,60 @@ class MBConv(nn.Module):
         if not self.use_residual:  # no skip connection, so nothing to drop
             return "use_residual=False"
         return f"use_residual=True, stochastic_depth={self.stochastic_depth:.4f}"
+
+
+class FusedMBConv(nn.Module):
+    """EfficientNetV2's Fused-MBConv: one regular k x k conv instead of 1x1 expand + depthwise.
+
+    A dense convolution costs more FLOPs than the pair it replaces but runs far better on
+    accelerators, so V2 uses it only in its early, narrow stages (Tan & Le, 2021, Section 3.2,
+    Table 3), and there without squeeze-and-excitation (Table 4). With expand_ratio 1 the k x k
+    conv maps C_in -> C_out directly, keeping its activation; there is no projection. The
+    residual rule and stochastic depth are MBConv's.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        expand_ratio: int,
+        kernel_size: int,
+        stride: int,
+        se_ratio: float = 0.0,
+        stochastic_depth: float = 0.0,
+        activation: str = "silu",
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+        padding: str = "symmetric",
+    ):
+        super().__init__()
+        _check_block_arguments(stride, stochastic_depth)
+        if se_ratio:
+            raise ValueError(
+                f"FusedMBConv has no squeeze-and-excitation (EfficientNetV2's fused stages have "
+                f"none), got se_ratio={se_ratio!r}; pass 0.0, or use MBConv for SE"
+            )
+        norm = {"bn_eps": bn_eps, "bn_momentum": bn_momentum, "padding": padding}
+        expanded = in_channels * expand_ratio if expand_ratio != 1 else out_channels
+        self.fused = ConvBNActivation(
+            in_channels, expanded, kernel_size, stride, activation=activation, **norm
+        )
+        # Linear bottleneck, as in MBConv: no activation after the projection.
+        self.project = (
+            ConvBNActivation(expanded, out_channels, 1, activation=None, **norm)
+            if expand_ratio != 1
+            else None
+        )
+        self.use_residual = stride == 1 and in_channels == out_channels
+        self.stochastic_depth = stochastic_depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fused(x)  # (B, C_in * e, H / s, W / s); (B, C_out, H / s, W / s) if e == 1
+        if self.project is not None:
+            out = self.project(out)  # (B, C_out, H / s, W / s)
+        if self.use_residual:
+            out = stochastic_depth(out, self.stochastic_depth, self.training)
+            out += x
+        return out
+
+    extra_repr = MBConv.extra_repr

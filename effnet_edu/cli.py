@@ -68,7 +68,7 @@ def _model_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    rank, _, world = init_distributed()
+    rank, _, world = init_distributed(args.device)
     config = _train_config(args, out_dir=args.out, progress=not args.quiet)
     model_config = _model_config(args)
     resolution = model_config.resolution if args.resolution is None else args.resolution

@@ -55,6 +55,28 @@ def _real_dataset(name: str, split: str, root: str, download: bool, transform) -
         ) from error
 
 
+def real_transforms(resolution: int, augment: bool, cifar: bool = False, crop: float = 0.875):
+    """The image steps before `ToTensor`. Training (`augment`): a random crop of 8-100 % of the
+    area rescaled to `resolution` (`RandomResizedCrop`), a horizontal flip and AutoAugment, whose
+    ImageNet policy the paper trains with (Section 5.2; its CIFAR-10 policy for CIFAR-10).
+    Evaluation: the shorter side resized to resolution / `crop` and the centre square kept, as
+    ImageNet models are evaluated (224 of 256 px). Both bicubic, as EfficientNet's weights are."""
+    bicubic = transforms.InterpolationMode.BICUBIC
+    if not augment:
+        return [
+            transforms.Resize(round(resolution / crop), bicubic),
+            transforms.CenterCrop(resolution),
+        ]
+    policy = (
+        transforms.AutoAugmentPolicy.CIFAR10 if cifar else transforms.AutoAugmentPolicy.IMAGENET
+    )
+    return [
+        transforms.RandomResizedCrop(resolution, interpolation=bicubic),
+        transforms.RandomHorizontalFlip(),
+        transforms.AutoAugment(policy, interpolation=transforms.InterpolationMode.BILINEAR),
+    ]
+
+
 def get_dataset(
     name: str,
     split: str = "train",
@@ -64,11 +86,14 @@ def get_dataset(
     transform: Callable | None = None,
     num_samples: int | None = None,
     seed: int = 0,
+    augment: bool | None = None,
 ) -> Dataset:
     """One call for every dataset of the course; images come out as (3, R, R) floats in [0, 1].
     "synthetic": `SyntheticObjects`, items (image, label, mask). "cifar10" (its test set for "val"
-    and "test"), "imagenette" (160 px) and "folder:PATH" (an ImageFolder): shorter side resized to
-    R, centre square kept, items (image, label); `num_samples` keeps a random subset (`seed`)."""
+    and "test"), "imagenette" (160 px) and "folder:PATH" (an ImageFolder): items (image, label);
+    `num_samples` keeps a random subset (`seed`). Real images are augmented for training
+    (`augment`, default: on for "train"; `real_transforms`) and resized and centre-cropped for
+    evaluation."""
     if not isinstance(name, str) or not (name in DATASET_NAMES[:3] or name.startswith("folder:")):
         raise ValueError(f"unknown dataset name {name!r}; valid: {', '.join(DATASET_NAMES)}")
     if name == "synthetic":
@@ -76,7 +101,10 @@ def get_dataset(
     split, seed = check_split(split), check_int(seed, "seed", 0)
     r = check_int(resolution, "resolution", MIN_SYNTHETIC_RESOLUTION, " pixels")
     num_samples = None if num_samples is None else check_int(num_samples, "num_samples", 1)
-    steps = [transforms.Resize(r), transforms.CenterCrop(r), transforms.ToTensor()]
+    augment = split == "train" if augment is None else augment
+    if not isinstance(augment, bool):
+        raise ValueError(f"augment must be True, False or None (on for 'train'), got {augment!r}")
+    steps = [*real_transforms(r, augment, cifar=name == "cifar10"), transforms.ToTensor()]
     steps += [] if transform is None else [transform]
     dataset = _real_dataset(name, split, root, download, transforms.Compose(steps))
     if num_samples is None:

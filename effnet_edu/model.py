@@ -1,10 +1,11 @@
-"""EfficientNet built from a stage table: B0-B7, Lite0-4, any phi, single-dimension scaling.
+"""EfficientNet built from a stage table: B0-B7, Lite0-4, any phi, single-dimension scaling, V2.
 
 The architecture is data. `BASELINE_STAGES` is the paper's Table 1 (EfficientNet-B0);
 `scale_stages` turns it into the table of a scaled model with `round_filters` and
 `round_repeats`; `EfficientNetConfig.blocks()` walks that table block by block (the first block
 of a stage takes the stride), and `EfficientNet` builds stem -> MBConv blocks -> head from it.
 `efficientnet(...)` is the front door: arguments -> `efficientnet_config` -> module.
+EfficientNetV2 is the same builder on other tables (`V2_STAGES`): `efficientnet_v2("s")`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import ACTIVATIONS, PADDINGS, ConvBNActivation, MBConv
+from .blocks import ACTIVATIONS, PADDINGS, ConvBNActivation, FusedMBConv, MBConv
 from .scaling import (
     ALPHA,
     BASE_RESOLUTION,
@@ -44,6 +45,7 @@ class StageConfig:
     out_channels: int
     repeats: int
     se_ratio: float = 0.25
+    fused: bool = False  # EfficientNetV2's Fused-MBConv instead of MBConv
 
 
 # EfficientNet-B0, the paper's Table 1 (stages 2-8 there; the stem is stage 1).
@@ -59,6 +61,39 @@ BASELINE_STAGES: tuple[StageConfig, ...] = (
 BASELINE_STEM_CHANNELS = 32
 BASELINE_HEAD_CHANNELS = 1280
 MIN_RESOLUTION = 32  # five stride-2 stages divide the input by 32: at least a 1x1 final map
+# EfficientNetV2 (Tan & Le, 2021): S is the paper's Table 4; M and L are the official
+# effnetv2_configs.py's, as torchvision's. The fused early stages have no SE.
+_FUSED = {"se_ratio": 0.0, "fused": True}
+V2_STAGES: dict[str, tuple[StageConfig, ...]] = {
+    "s": (
+        StageConfig(1, 3, 1, 24, 24, 2, **_FUSED),
+        StageConfig(4, 3, 2, 24, 48, 4, **_FUSED),
+        StageConfig(4, 3, 2, 48, 64, 4, **_FUSED),
+        StageConfig(4, 3, 2, 64, 128, 6),
+        StageConfig(6, 3, 1, 128, 160, 9),
+        StageConfig(6, 3, 2, 160, 256, 15),
+    ),
+    "m": (
+        StageConfig(1, 3, 1, 24, 24, 3, **_FUSED),
+        StageConfig(4, 3, 2, 24, 48, 5, **_FUSED),
+        StageConfig(4, 3, 2, 48, 80, 5, **_FUSED),
+        StageConfig(4, 3, 2, 80, 160, 7),
+        StageConfig(6, 3, 1, 160, 176, 14),
+        StageConfig(6, 3, 2, 176, 304, 18),
+        StageConfig(6, 3, 1, 304, 512, 5),
+    ),
+    "l": (
+        StageConfig(1, 3, 1, 32, 32, 4, **_FUSED),
+        StageConfig(4, 3, 2, 32, 64, 7, **_FUSED),
+        StageConfig(4, 3, 2, 64, 96, 7, **_FUSED),
+        StageConfig(4, 3, 2, 96, 192, 10),
+        StageConfig(6, 3, 1, 192, 224, 19),
+        StageConfig(6, 3, 2, 224, 384, 25),
+        StageConfig(6, 3, 1, 384, 640, 7),
+    ),
+}
+# V2 size -> (evaluation resolution, dropout), as torchvision's weights.
+V2_VARIANTS = {"s": (384, 0.2), "m": (480, 0.3), "l": (480, 0.4)}
 # EfficientNet-Lite k -> (width, depth, resolution, dropout), from the variant table.
 _LITE_FIELDS = ("width", "depth", "resolution", "dropout")
 LITE_VARIANTS = {k: tuple(getattr(VARIANTS[f"lite{k}"], f) for f in _LITE_FIELDS) for k in range(5)}
@@ -165,7 +200,8 @@ class EfficientNetConfig:
             f"| stem | Conv3x3, stride 2 | {r}x{r} | {self.stem_channels} | 1 |",
         ]
         for i, s in enumerate(self.stages, start=1):
-            op = f"MBConv{s.expand_ratio}, k{s.kernel_size}x{s.kernel_size}" + (
+            block = "FusedMBConv" if s.fused else "MBConv"
+            op = f"{block}{s.expand_ratio}, k{s.kernel_size}x{s.kernel_size}" + (
                 ", SE" if s.se_ratio else ""
             )
             lines.append(f"| {i} | {op} | {size}x{size} | {s.out_channels} | {s.repeats} |")
@@ -210,7 +246,7 @@ class EfficientNet(nn.Module):
         self.stem = ConvBNActivation(3, config.stem_channels, 3, stride=2, activation=act, **norm)
         stages = [nn.Sequential() for _ in config.stages]
         for s, _, b, p in config.blocks():
-            block = MBConv(
+            block = (FusedMBConv if b.fused else MBConv)(
                 b.in_channels, b.out_channels, b.expand_ratio, b.kernel_size, b.stride,
                 se_ratio=b.se_ratio, stochastic_depth=p, activation=act, **norm,
             )  # fmt: skip
@@ -384,3 +420,36 @@ def efficientnet_lite(k: int, *, pretrained=False, **options) -> EfficientNet:
     """EfficientNet-Lite k, untrained (ImageNet weights: `effnet_edu.efficientnet_lite`)."""
     _untrained_only(pretrained)
     return EfficientNet(efficientnet_lite_config(k, **options))
+
+
+def efficientnet_v2(
+    size: str,
+    *,
+    num_classes: int = 1000,
+    dropout: float | None = None,
+    stochastic_depth: float = 0.2,
+) -> EfficientNet:
+    """EfficientNetV2-S, -M or -L (Tan & Le, 2021), untrained: `V2_STAGES[size]` built as-is.
+
+    Exact to torchvision's ``efficientnet_v2_{size}`` (same parameters, same outputs from the same
+    weights): stem 3x3 stride 2 to the first stage's width, head 1x1 to 1280, BatchNorm eps 1e-3.
+    """
+    if not isinstance(size, str) or size not in V2_STAGES:
+        raise ValueError(
+            f"EfficientNetV2 size must be one of {', '.join(map(repr, V2_STAGES))}, got {size!r}"
+        )
+    stages, (resolution, default_dropout) = V2_STAGES[size], V2_VARIANTS[size]
+    config = EfficientNetConfig(
+        name=f"v2_{size}",
+        depth=1.0,
+        width=1.0,
+        resolution=resolution,
+        stages=stages,
+        stem_channels=stages[0].in_channels,
+        head_channels=1280,  # every size
+        num_classes=num_classes,
+        dropout=default_dropout if dropout is None else dropout,
+        stochastic_depth=stochastic_depth,
+        bn_eps=1e-3,
+    )
+    return EfficientNet(config)

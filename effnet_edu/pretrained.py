@@ -69,7 +69,10 @@ def torchvision_key_map(config: EfficientNetConfig) -> dict[str, str]:
     for s, j, b, _ in config.blocks():
         ours, theirs = f"stages.{s}.{j}", f"features.{s + 1}.{j}.block"
         parts = ["expand"] * (b.expand_ratio != 1) + ["depthwise"] + ["se"] * bool(b.se_ratio)
-        for index, name in enumerate(parts + ["project"]):
+        parts += ["project"]
+        if b.fused:  # EfficientNetV2's Fused-MBConv: one k x k convolution, then (if any) a 1x1
+            parts = ["fused"] + ["project"] * (b.expand_ratio != 1)
+        for index, name in enumerate(parts):
             if name == "se":
                 _se(mapping, ours, f"{theirs}.{index}.fc1", f"{theirs}.{index}.fc2")
             else:

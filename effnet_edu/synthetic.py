@@ -301,6 +301,11 @@ class SyntheticObjects(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
+    def tensors(self):
+        """(images uint8 (N, 3, R, R), labels (N,)) for `fit`'s `TensorLoader`, which cuts whole
+        batches from them on the device; None with a `transform` (it needs one image at a time)."""
+        return None if self.transform is not None else (self.images, self.labels)
+
     def __getitem__(self, index: int):
         image = self.images[index].float() / 255  # (3, R, R)
         if self.transform is not None:
@@ -334,6 +339,9 @@ class FreshSyntheticObjects(Dataset):
 
     def __len__(self) -> int:
         return self.num_samples
+
+    def tensors(self):
+        return self.data.tensors()  # this epoch's images and labels
 
     def __getitem__(self, index: int):
         return self.data.images[index].float() / 255, int(self.data.labels[index])

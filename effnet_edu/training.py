@@ -47,6 +47,20 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def process_device(device: str = "auto") -> torch.device:
+    """`select_device`, and under torchrun on GPUs the GPU of this process (cuda:LOCAL_RANK):
+    "cuda:N" there would put every rank on one GPU, so it is refused."""
+    chosen, (_, world) = select_device(device), distributed_info()
+    if world == 1 or chosen.type != "cuda":
+        return chosen
+    if chosen.index is not None:
+        raise ValueError(
+            f"device {device!r} under torchrun would put all {world} processes on one GPU; pass "
+            "device='cuda' (or 'auto'): each process then uses the GPU of its LOCAL_RANK"
+        )
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def cpu_supports_bf16() -> bool:
     """True when this x86 CPU computes bf16 natively (AVX512-BF16 or AMX). oneDNN also runs bf16
     on plain AVX-512 by emulation, which is slower than fp32: those CPUs train in fp32."""
@@ -182,12 +196,18 @@ def distributed_info() -> tuple[int, int]:
     return 0, 1
 
 
-def init_distributed() -> tuple[int, int, int]:
-    """Join the process group `torchrun` describes in the environment (NCCL on GPUs, gloo on
-    CPUs). Returns (rank, local_rank, world_size); (0, 0, 1) when not launched by torchrun."""
+def init_distributed(device: str = "auto") -> tuple[int, int, int]:
+    """Join the process group `torchrun` describes in the environment: NCCL when `device` is a
+    GPU (each process on the GPU of its LOCAL_RANK), else gloo. Returns (rank, local_rank,
+    world_size); (0, 0, 1) when not launched by torchrun."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 0, 1
-    local_rank, cuda = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.is_available()
+    local_rank, cuda = int(os.environ.get("LOCAL_RANK", "0")), select_device(device).type == "cuda"
+    if cuda and local_rank >= torch.cuda.device_count():
+        raise ValueError(
+            f"process {local_rank} has no GPU of its own ({torch.cuda.device_count()} here): use "
+            "--nproc_per_node <= the number of GPUs, or --device cpu"
+        )
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
@@ -217,10 +237,45 @@ class EpochSampler(Sampler[int]):
         return max(0, self.length - self.skip)
 
 
+class RMSpropTF(torch.optim.Optimizer):
+    """RMSProp as TensorFlow computes it (`tf.compat.v1.train.RMSPropOptimizer`), which the paper
+    trains with (Section 5.2: decay 0.9, momentum 0.9) and whose epsilon (1e-3) the official code
+    sets. It differs from `torch.optim.RMSprop` in two places that matter with so large an
+    epsilon: the mean square starts at 1, not 0, and epsilon sits inside the square root:
+
+        ms  = decay * ms + (1 - decay) * g^2          (ms starts at 1)
+        mom = momentum * mom + lr * g / sqrt(ms + eps)
+        w   = w - mom
+
+    Weight decay, as in `torch.optim.RMSprop`, adds weight_decay * w to g first."""
+
+    def __init__(self, params, lr=0.016, decay=0.9, momentum=0.9, eps=1e-3, weight_decay=0.0):
+        defaults = {"lr": lr, "decay": decay, "momentum": momentum, "eps": eps}
+        super().__init__(params, defaults | {"weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None if closure is None else torch.enable_grad()(closure)()
+        for group in self.param_groups:
+            for weight in (p for p in group["params"] if p.grad is not None):
+                grad, state = weight.grad, self.state[weight]
+                if group["weight_decay"]:
+                    grad = grad + group["weight_decay"] * weight
+                if not state:  # TensorFlow's initial values
+                    state["mean_square"] = torch.ones_like(weight)
+                    state["momentum"] = torch.zeros_like(weight)
+                mean_square, momentum = state["mean_square"], state["momentum"]
+                mean_square.mul_(group["decay"]).addcmul_(grad, grad, value=1 - group["decay"])
+                step = grad / (mean_square + group["eps"]).sqrt()
+                momentum.mul_(group["momentum"]).add_(step, alpha=group["lr"])
+                weight.sub_(momentum)
+        return loss
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov), AdamW, RMSProp, or RMSProp with the paper's decay 0.9 and momentum 0.9
-    (Section 5.2) and the official code's epsilon 1e-3; as in the official code, no weight decay
-    on 1-d parameters (BatchNorm's weights, all biases)."""
+    """SGD (Nesterov), AdamW, PyTorch's RMSProp, or `RMSpropTF` with the paper's decay 0.9 and
+    momentum 0.9 (Section 5.2) and the official code's epsilon 1e-3; as in the official code, no
+    weight decay on 1-d parameters (BatchNorm's weights, all biases)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
@@ -230,7 +285,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         "sgd": (torch.optim.SGD, {"momentum": config.momentum, "nesterov": True}),
         "adamw": (torch.optim.AdamW, {}),
         "rmsprop": (torch.optim.RMSprop, {"momentum": config.momentum}),
-        "rmsprop_tf": (torch.optim.RMSprop, {"alpha": 0.9, "eps": 1e-3, "momentum": 0.9}),
+        "rmsprop_tf": (RMSpropTF, {"decay": 0.9, "eps": 1e-3, "momentum": 0.9}),
     }[config.optimizer]
     return optimizer(groups, lr=config.lr, **options)
 
@@ -352,13 +407,15 @@ def _checkpoint_path(config: TrainConfig) -> Path | None:
 
 
 def evaluate(model, data, device=None, batch_size=256, amp="auto", channels_last=True) -> dict:
-    """Mean loss and top-1 accuracy of `model` on `data` (a Dataset or DataLoader), on the
-    model's device (or, with `device`, moved there first); its train/eval mode is restored.
+    """Mean loss and top-1 accuracy of `model` on `data` (a Dataset, DataLoader or TensorLoader),
+    on the model's device (or, with `device`, moved there first); its train/eval mode is restored.
     ``amp="off"``: deterministic fp32. Under DDP, every rank evaluates all of `data`."""
     here = next(model.parameters(), torch.empty(0)).device  # where the model is
     device = select_device(here if device is None else device)
     dtype = autocast_dtype(device, amp)
-    if not isinstance(data, DataLoader):  # its own generator: leaves the global RNG alone
+    if _in_tensors(data):
+        data = TensorLoader(data, batch_size, device)
+    elif not isinstance(data, (DataLoader, TensorLoader)):  # its own generator: global RNG alone
         data = DataLoader(data, batch_size, generator=torch.Generator())
     was_training, totals, count = model.training, torch.zeros(2, device=device), 0
     layout = torch.channels_last if channels_last else torch.preserve_format
@@ -376,8 +433,52 @@ def evaluate(model, data, device=None, batch_size=256, amp="auto", channels_last
     return {"loss": loss / max(count, 1), "accuracy": correct / max(count, 1), "count": count}
 
 
-def _build_loader(data, config: TrainConfig, device: torch.device) -> DataLoader:
-    """The training loader, built once (workers kept between epochs): full batches, shuffled."""
+class TensorLoader:
+    """A loader for data held in tensors (the synthetic sets, whose `tensors()` gives uint8
+    images (N, 3, R, R) and labels (N,)): the tensors are copied to the device once (again only
+    when the data changes, as `FreshSyntheticObjects` does every epoch) and each batch is cut from
+    them by index there, with no per-sample Python and no workers. It yields what a DataLoader over
+    the same data and sampler would, bit for bit: images / 255 in fp32, labels."""
+
+    def __init__(self, dataset, batch_size: int, device: torch.device, sampler=None):
+        self.dataset, self.batch_size, self.device = dataset, batch_size, device
+        self.sampler = range(len(dataset)) if sampler is None else sampler
+        self.drop_last, self._source, self._tensors = sampler is not None, None, None
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.sampler), self.batch_size)
+        return full + (rest > 0 and not self.drop_last)
+
+    def __iter__(self):
+        images, labels = self.dataset.tensors()
+        if self._source is not images:  # new data: one copy to the device
+            self._source, self._tensors = images, (images.to(self.device), labels.to(self.device))
+        images, labels = self._tensors
+        order = torch.as_tensor(list(self.sampler), dtype=torch.long).to(self.device)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield images[index].float() / 255, labels[index]  # (B, 3, R, R), (B,)
+
+
+def _in_tensors(data) -> bool:
+    """Whether `data` can be served by a `TensorLoader` (its `tensors()` gives them)."""
+    return callable(getattr(data, "tensors", None)) and data.tensors() is not None
+
+
+def _validation_loader(data, config: TrainConfig, device: torch.device):
+    """The validation loader, built once: the run's workers (kept between epochs), pinned memory."""
+    if data is None or isinstance(data, (DataLoader, TensorLoader)):
+        return data
+    if _in_tensors(data):
+        return TensorLoader(data, 2 * config.batch_size, device)
+    workers = {"num_workers": config.num_workers, "persistent_workers": config.num_workers > 0}
+    generator, pin = torch.Generator(), device.type == "cuda"
+    return DataLoader(data, 2 * config.batch_size, generator=generator, pin_memory=pin, **workers)
+
+
+def _build_loader(data, config: TrainConfig, device: torch.device):
+    """The training loader, built once (workers kept between epochs): full batches, shuffled.
+    Data held in tensors gets a `TensorLoader` (no workers needed); others a DataLoader."""
     (rank, world), batch, cap = distributed_info(), config.batch_size, config.steps_per_epoch
     samples = math.ceil(len(data) / world)
     if samples < batch:
@@ -385,18 +486,34 @@ def _build_loader(data, config: TrainConfig, device: torch.device) -> DataLoader
             f"batch_size {batch} is larger than the {samples} training samples per process"
         )
     steps = samples // batch if cap is None else min(samples // batch, cap)
+    sampler = EpochSampler(len(data), config.seed, rank, world, length=steps * batch)
+    if _in_tensors(data):
+        return TensorLoader(data, batch, device, sampler)
     if hasattr(data, "set_epoch") and config.num_workers > 0:
         raise ValueError(
             "this dataset changes every epoch (it has set_epoch), which worker processes would "
             "not see: use num_workers=0"
         )
-    sampler = EpochSampler(len(data), config.seed, rank, world, length=steps * batch)
     workers = {"num_workers": config.num_workers, "persistent_workers": config.num_workers > 0}
     # Its own generator: starting an epoch must not draw from the global RNG, or a resumed
     # run's dropout masks would drift from the uninterrupted run's.
     generator = torch.Generator().manual_seed(config.seed)
     options = {"sampler": sampler, "drop_last": True, "pin_memory": device.type == "cuda"}
     return DataLoader(data, batch, generator=generator, **workers, **options)
+
+
+def train_mode(model: nn.Module) -> nn.Module:
+    """`model.train()`, except for BatchNorm layers whose weights are all frozen
+    (requires_grad=False, as in transfer learning): they stay in eval mode, so they normalise with
+    their pretrained running statistics and keep them, instead of re-estimating them from the new
+    data's batches while the layers after them were trained against the old ones."""
+    model.train()
+    for module in model.modules():
+        weights = list(module.parameters(recurse=False))
+        frozen = weights and not any(w.requires_grad for w in weights)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and frozen:
+            module.eval()
+    return model
 
 
 class _Run:
@@ -432,7 +549,7 @@ class _Run:
             loader.dataset.set_epoch(self.epoch)
         start, hide = time.perf_counter(), self.rank != 0 or not self.config.progress
         bar = tqdm(total=self.steps, initial=first, desc=f"epoch {self.epoch + 1}", disable=hide)
-        net.train()
+        train_mode(net)
         for images, labels, *_ in loader:
             images = images.to(device, non_blocking=True, memory_format=self.layout)
             labels = labels.to(device, non_blocking=True)
@@ -525,8 +642,10 @@ def fit(model, train_data, val_data=None, config=None, on_step=None, on_epoch=No
     error): the state after the last completed step, from which ``resume=True`` continues. While it
     runs, on a CPU under bf16, `depthwise_in_fp32` keeps the depthwise convolutions in fp32."""
     config = TrainConfig(**{**(asdict(config) if config is not None else {}), **overrides})
-    device = select_device(config.device)
-    torch.manual_seed(config.seed)
+    device = process_device(config.device)
+    # Each rank its own random stream (dropout, stochastic depth, augmentation); DDP copies rank
+    # 0's weights to the others, and the sampler's shuffle uses config.seed alone, as it must.
+    torch.manual_seed(config.seed + distributed_info()[0])
     loader, path = _build_loader(train_data, config, device), _checkpoint_path(config)
     run = _Run(model, config, device, len(loader))
     if config.resume:
@@ -537,6 +656,7 @@ def fit(model, train_data, val_data=None, config=None, on_step=None, on_epoch=No
     net = nn.parallel.DistributedDataParallel(model, device_ids=ids) if run.world > 1 else model
     net = torch.compile(net) if config.compile else net
     evaluation = (2 * config.batch_size, config.amp, config.channels_last)  # batch, amp, layout
+    val_data = _validation_loader(val_data, config, device)
     try:
         with depthwise_in_fp32(model, device, run.dtype):
             while run.epoch < config.epochs:

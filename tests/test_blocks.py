@@ -1,5 +1,9 @@
-"""MBConv's rules: residual, squeeze width, stochastic depth, TF padding, checkpointing."""
+"""MBConv's rules: residual, squeeze width, stochastic depth, TF padding, checkpointing; and
+FusedMBConv's against torchvision's."""
 
+import functools
+
+import pytest
 import torch
 from torch import nn
 
@@ -16,6 +20,42 @@ def test_residual_rule():
     with torch.no_grad():
         branch = block.project(block.se(block.depthwise(block.expand(x))))
         assert torch.allclose(block(x), branch + x)
+
+
+@pytest.mark.parametrize(
+    "in_channels, out_channels, expand_ratio, stride",
+    [(24, 24, 1, 1), (24, 32, 1, 1), (24, 24, 4, 1), (24, 24, 4, 2), (24, 48, 4, 2)],
+)
+def test_fused_mbconv_equals_torchvision(in_channels, out_channels, expand_ratio, stride):
+    from torchvision.models.efficientnet import FusedMBConv, FusedMBConvConfig
+
+    torch.manual_seed(0)
+    config = FusedMBConvConfig(expand_ratio, 3, stride, in_channels, out_channels, 1)
+    theirs = FusedMBConv(config, 0.0, functools.partial(nn.BatchNorm2d, eps=1e-3)).eval()
+    ours = ee.FusedMBConv(in_channels, out_channels, expand_ratio, 3, stride, bn_eps=1e-3).eval()
+    assert ours.use_residual == theirs.use_res_connect
+    # Expansion rule: expand_ratio 1 is a single k x k conv; else k x k conv + 1x1 projection.
+    assert (ours.project is None) == (len(theirs.block) == 1)
+    assert ee.count_params(ours) == ee.count_params(theirs)
+    with torch.no_grad():  # random BatchNorm statistics, so that BatchNorm is not the identity
+        for m in theirs.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+
+    def torchvision_name(key):  # ours -> theirs: "project.bn.weight" -> "block.1.1.weight"
+        part, layer, param = key.split(".")
+        return f"block.{('fused', 'project').index(part)}.{('conv', 'bn').index(layer)}.{param}"
+
+    theirs_state = theirs.state_dict()
+    mapping = {k: torchvision_name(k) for k in ours.state_dict()}
+    assert sorted(mapping.values()) == sorted(theirs_state)  # every tensor, once
+    ours.load_state_dict({k: theirs_state[t] for k, t in mapping.items()})
+    x = torch.randn(2, in_channels, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+    with pytest.raises(ValueError, match="no squeeze-and-excitation"):
+        ee.FusedMBConv(in_channels, out_channels, expand_ratio, 3, stride, se_ratio=0.25)
 
 
 def test_squeeze_width_comes_from_input_channels():

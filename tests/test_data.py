@@ -149,3 +149,33 @@ def test_plot_resolution_grid_shows_the_same_scenes(tmp_path):
     assert len(figure.axes) == len(synthetic.TEXTURES) * 4
     assert (tmp_path / "resolutions.png").exists()
     matplotlib.pyplot.close(figure)
+
+
+def test_real_images_are_augmented_for_training_only(tmp_path):
+    from torchvision import transforms
+
+    root = _write_image_folder(tmp_path / "photos")
+    train = get_dataset(f"folder:{root}", "train", resolution=16)
+    val = get_dataset(f"folder:{root}", "val", resolution=16)
+    kinds = {
+        name: [type(t) for t in d.transform.transforms]
+        for name, d in (("train", train), ("val", val))
+    }
+    assert kinds["train"][:3] == [
+        transforms.RandomResizedCrop,
+        transforms.RandomHorizontalFlip,
+        transforms.AutoAugment,
+    ]
+    assert kinds["val"][:2] == [transforms.Resize, transforms.CenterCrop]
+    assert val.transform.transforms[0].size == round(16 / 0.875)  # 18 px, then the centre 16
+    assert all(
+        t.interpolation == transforms.InterpolationMode.BICUBIC
+        for t in val.transform.transforms[:1]
+    )
+    torch.manual_seed(0)
+    assert not torch.equal(train[0][0], train[0][0])  # a new random view at every read
+    assert torch.equal(val[0][0], val[0][0]) and val[0][0].shape == (3, 16, 16)
+    plain = get_dataset(f"folder:{root}", "train", resolution=16, augment=False)
+    assert torch.equal(plain[0][0], val[0][0])
+    with pytest.raises(ValueError, match="augment must be"):
+        get_dataset(f"folder:{root}", augment="yes")

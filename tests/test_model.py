@@ -19,6 +19,7 @@ TORCHVISION_PARAMS = {
     "b6": 43_040_704,
     "b7": 66_347_960,
 }
+TORCHVISION_V2_PARAMS = {"s": 21_458_488, "m": 54_139_356, "l": 118_515_272}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -52,6 +53,33 @@ def test_params_and_logits_equal_torchvision(variant):
         expected, got = theirs(x), ours(x)
     assert expected.abs().max() > 1e-3, "logits too small for the comparison to mean anything"
     assert (got - expected).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("size", ["s", "m", "l"])
+def test_v2_params_and_logits_equal_torchvision(size):
+    torch.manual_seed(0)
+    theirs = get_model(f"efficientnet_v2_{size}").eval()
+    ours = ee.efficientnet_v2(size).eval()
+    assert ee.count_params(ours) == ee.count_params(theirs) == TORCHVISION_V2_PARAMS[size]
+    assert ours.stem.bn.eps == theirs.features[0][1].eps == 1e-3
+    assert ours.dropout.p == theirs.classifier[0].p
+    with torch.no_grad():  # random statistics, so that BatchNorm is not the identity
+        for m in theirs.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    ee.load_torchvision_state_dict(ours, theirs.state_dict())  # key by key, strictly
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        expected, got = theirs(x), ours(x)
+    assert expected.abs().max() > 1e-3, "logits too small for the comparison to mean anything"
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("size", ["xl", "S", 1])
+def test_bad_v2_size(size):
+    with pytest.raises(ValueError, match=rf"size must be one of 's', 'm', 'l', got {size!r}"):
+        ee.efficientnet_v2(size)
 
 
 def test_config_travels_with_the_model():

@@ -373,3 +373,160 @@ def test_gpu_bf16_only_from_compute_capability_8(monkeypatch, capability, dtype)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     assert autocast_dtype(torch.device("cuda"), "auto") == dtype
+
+
+# ------------------------------------------------------------------------------------------------
+# The GPU path, tested on the CPU: what the loop does per step, the data path, the recipes
+
+
+def test_tensor_loader_yields_what_a_dataloader_yields():
+    from effnet_edu.training import TensorLoader
+
+    data = ee.SyntheticObjects("train", 40, 32, seed=3)
+    sampler = EpochSampler(len(data), seed=1, length=32)
+    ours = list(TensorLoader(data, 8, torch.device("cpu"), sampler))
+    theirs = list(torch.utils.data.DataLoader(data, 8, sampler=sampler, drop_last=True))
+    assert len(ours) == len(theirs) == 4
+    for (images, labels), (images_dl, labels_dl, _) in zip(ours, theirs, strict=True):
+        assert torch.equal(images, images_dl) and torch.equal(labels, labels_dl)
+    assert len(list(TensorLoader(data, 16, torch.device("cpu")))) == 3  # 16 + 16 + 8, in order
+
+
+class _OneAtATime(Dataset):
+    """The same samples without `tensors()`: served by a DataLoader."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        return self.data[index]
+
+
+def test_fit_trains_the_same_from_tensors_as_from_a_dataloader():
+    data, val = ee.SyntheticObjects("train", 64, 32, seed=0), ee.SyntheticObjects("val", 32, 32)
+    weights = []
+    for train, held_out in ((data, val), (_OneAtATime(data), _OneAtATime(val))):
+        torch.manual_seed(0)
+        model = tiny_model(num_classes=24)
+        history = fit(model, train, held_out, epochs=2, batch_size=16, amp="off", progress=False)
+        weights.append((model.state_dict(), history["val_loss"]))
+    (first, losses), (second, losses_dl) = weights
+    assert losses == losses_dl and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_training_step_does_not_wait_for_the_device(monkeypatch):
+    # Every read of a tensor's value into Python (item, tolist, bool, float) makes the CPU wait for
+    # the GPU. Count the reads of floating-point tensors, what the model computes (the sampler's
+    # and the loader's integer seeds and indices live on the CPU): a few per logging interval and
+    # epoch, none per step.
+    import effnet_edu.training as training
+
+    reads = {"count": 0}
+    for name in ("item", "tolist", "__bool__", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            reads["count"] += self.is_floating_point()
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    monkeypatch.setattr(training, "LOG_EVERY", 10)
+    torch.manual_seed(0)
+    epochs, steps = 2, 20
+    fit(tiny_model(), easy_data(320), epochs=epochs, batch_size=16, optimizer="sgd", amp="off",
+        progress=False)  # fmt: skip
+    # per epoch: the running means every 10 steps (2) and once at the end of the epoch (1)
+    assert reads["count"] == epochs * (steps // 10 + 1)
+
+
+def test_loaders_are_built_once_with_persistent_workers(monkeypatch):
+    import effnet_edu.training as training
+
+    built = []
+
+    class Counted(torch.utils.data.DataLoader):
+        def __init__(self, *args, **kwargs):
+            built.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(training, "DataLoader", Counted)
+    torch.manual_seed(0)
+    fit(tiny_model(), easy_data(64), easy_data(32), epochs=3, batch_size=16, num_workers=1,
+        amp="off", progress=False)  # fmt: skip
+    assert len(built) == 2  # training and validation, for all three epochs
+    assert all(b["num_workers"] == 1 and b["persistent_workers"] for b in built)
+
+
+def test_rmsprop_tf_matches_a_hand_computation():
+    from effnet_edu.training import RMSpropTF, build_optimizer
+
+    weight = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    optimizer = RMSpropTF([weight], lr=0.1, decay=0.9, momentum=0.9, eps=1e-3)
+    w, ms, mom = [1.0, -2.0], [1.0, 1.0], [0.0, 0.0]  # TensorFlow starts ms at one
+    for grads in ([0.5, -1.0], [0.2, 3.0], [-0.4, 0.1]):
+        weight.grad = torch.tensor(grads, dtype=torch.float64)
+        optimizer.step()
+        for i, g in enumerate(grads):
+            ms[i] = 0.9 * ms[i] + 0.1 * g * g
+            mom[i] = 0.9 * mom[i] + 0.1 * g / (ms[i] + 1e-3) ** 0.5  # epsilon inside the root
+            w[i] -= mom[i]
+        assert weight.tolist() == pytest.approx(w, rel=1e-12)
+    # torch's RMSprop (ms from 0, epsilon outside the root) takes a different first step
+    other = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    torch_rmsprop = torch.optim.RMSprop([other], lr=0.1, alpha=0.9, eps=1e-3, momentum=0.9)
+    other.grad = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    torch_rmsprop.step()
+    assert other[0].item() == pytest.approx(1 - 0.1 * 0.5 / ((0.1 * 0.25) ** 0.5 + 1e-3))
+    assert other[0].item() != pytest.approx(1 - 0.1 * 0.5 / (0.925 + 1e-3) ** 0.5)
+    model = nn.Linear(2, 2)
+    assert isinstance(build_optimizer(model, TrainConfig(optimizer="rmsprop_tf")), RMSpropTF)
+
+
+def test_frozen_batchnorm_keeps_its_running_statistics():
+    torch.manual_seed(0)
+    model = tiny_model()
+    frozen = model.stages[:2]
+    frozen.requires_grad_(False)
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    fit(model, easy_data(64), epochs=1, batch_size=16, amp="off", progress=False)
+    after = frozen.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running mean/var included
+    trained = [m for m in model.stages[2:].modules() if isinstance(m, nn.BatchNorm2d)]
+    assert trained and all(m.training for m in trained)
+    assert not any(m.training for m in frozen.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_each_rank_draws_its_own_random_numbers(monkeypatch):
+    import effnet_edu.training as training
+
+    seeds = {}
+    for rank in (0, 1):  # what fit seeds torch with on rank 0 and on rank 1 (dropout's masks)
+        monkeypatch.setattr(training, "distributed_info", lambda rank=rank: (rank, 1))
+        model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(3 * 32 * 32, 3))
+        fit(
+            model,
+            easy_data(32),
+            epochs=1,
+            batch_size=16,
+            amp="off",
+            channels_last=False,
+            seed=5,
+            progress=False,
+            on_step=lambda step, r=rank: seeds.setdefault(r, torch.initial_seed()),
+        )
+    assert seeds == {0: 5, 1: 6}
+
+
+def test_torchrun_gives_each_process_its_own_gpu(monkeypatch):
+    import effnet_edu.training as training
+
+    monkeypatch.setattr(training, "select_device", lambda device: torch.device(device))
+    monkeypatch.setattr(training, "distributed_info", lambda: (1, 2))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert training.process_device("cuda") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="one GPU"):
+        training.process_device("cuda:0")
+    assert training.process_device("cpu") == torch.device("cpu")
