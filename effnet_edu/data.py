@@ -55,25 +55,24 @@ def _real_dataset(name: str, split: str, root: str, download: bool, transform) -
         ) from error
 
 
-def real_transforms(resolution: int, augment: bool, cifar: bool = False, crop: float = 0.875):
+def real_transforms(resolution: int, augment: bool, cifar: bool = False):
     """The image steps before `ToTensor`. Training (`augment`): a random crop of 8-100 % of the
-    area rescaled to `resolution` (`RandomResizedCrop`), a horizontal flip and AutoAugment, whose
-    ImageNet policy the paper trains with (Section 5.2; its CIFAR-10 policy for CIFAR-10).
-    Evaluation: the shorter side resized to resolution / `crop` and the centre square kept, as
-    ImageNet models are evaluated (224 of 256 px). Both bicubic, as EfficientNet's weights are."""
+    area resized to `resolution` and a horizontal flip (the Inception-style preprocessing of the
+    official code), then AutoAugment, with which the paper trains (Section 5.2: its ImageNet
+    policy; for CIFAR-10 its CIFAR-10 policy). Evaluation: the shorter side resized to
+    resolution + 32 and the centre square kept, as the official code evaluates (224 of 256 px for
+    B0). Resizing is bicubic. torchvision's pretrained weights bring their own evaluation steps
+    (`weights.transforms()`), which can differ (B1's are bilinear, 255 -> 240 px)."""
     bicubic = transforms.InterpolationMode.BICUBIC
     if not augment:
-        return [
-            transforms.Resize(round(resolution / crop), bicubic),
-            transforms.CenterCrop(resolution),
-        ]
+        return [transforms.Resize(resolution + 32, bicubic), transforms.CenterCrop(resolution)]
     policy = (
         transforms.AutoAugmentPolicy.CIFAR10 if cifar else transforms.AutoAugmentPolicy.IMAGENET
     )
     return [
         transforms.RandomResizedCrop(resolution, interpolation=bicubic),
         transforms.RandomHorizontalFlip(),
-        transforms.AutoAugment(policy, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.AutoAugment(policy),
     ]
 
 

@@ -428,7 +428,7 @@ def evaluate(model, data, device=None, batch_size=256, amp="auto", channels_last
             loss = F.cross_entropy(logits, labels, reduction="sum")
             totals += torch.stack([loss, (logits.argmax(1) == labels).sum()])  # (loss, correct)
             count += len(labels)
-    model.train(was_training)
+    train_mode(model) if was_training else model.eval()  # frozen BatchNorm stays in eval mode
     loss, correct = totals.tolist()
     return {"loss": loss / max(count, 1), "accuracy": correct / max(count, 1), "count": count}
 
@@ -438,7 +438,8 @@ class TensorLoader:
     images (N, 3, R, R) and labels (N,)): the tensors are copied to the device once (again only
     when the data changes, as `FreshSyntheticObjects` does every epoch) and each batch is cut from
     them by index there, with no per-sample Python and no workers. It yields what a DataLoader over
-    the same data and sampler would, bit for bit: images / 255 in fp32, labels."""
+    the same data and sampler would: images / 255 in fp32 and labels, bit for bit on a CPU (on a
+    GPU the division may round the last bit differently)."""
 
     def __init__(self, dataset, batch_size: int, device: torch.device, sampler=None):
         self.dataset, self.batch_size, self.device = dataset, batch_size, device
@@ -497,7 +498,7 @@ def _build_loader(data, config: TrainConfig, device: torch.device):
     workers = {"num_workers": config.num_workers, "persistent_workers": config.num_workers > 0}
     # Its own generator: starting an epoch must not draw from the global RNG, or a resumed
     # run's dropout masks would drift from the uninterrupted run's.
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed + rank)  # workers' augmentations
     options = {"sampler": sampler, "drop_last": True, "pin_memory": device.type == "cuda"}
     return DataLoader(data, batch, generator=generator, **workers, **options)
 

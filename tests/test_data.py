@@ -167,11 +167,9 @@ def test_real_images_are_augmented_for_training_only(tmp_path):
         transforms.AutoAugment,
     ]
     assert kinds["val"][:2] == [transforms.Resize, transforms.CenterCrop]
-    assert val.transform.transforms[0].size == round(16 / 0.875)  # 18 px, then the centre 16
-    assert all(
-        t.interpolation == transforms.InterpolationMode.BICUBIC
-        for t in val.transform.transforms[:1]
-    )
+    assert val.transform.transforms[0].size == 16 + 32  # the official code's crop padding
+    resizes = (val.transform.transforms[0], train.transform.transforms[0])
+    assert all(t.interpolation == transforms.InterpolationMode.BICUBIC for t in resizes)
     torch.manual_seed(0)
     assert not torch.equal(train[0][0], train[0][0])  # a new random view at every read
     assert torch.equal(val[0][0], val[0][0]) and val[0][0].shape == (3, 16, 16)
