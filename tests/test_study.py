@@ -27,7 +27,7 @@ from effnet_edu.study import (
     scaled_shape,
 )
 from effnet_edu.synthetic import FreshSyntheticObjects
-from effnet_edu.training import TrainConfig, fit, load_checkpoint
+from effnet_edu.training import TrainConfig, load_checkpoint
 
 
 def test_grid_lies_on_the_constraint_and_holds_the_named_directions():
@@ -132,9 +132,11 @@ def test_fresh_synthetic_data_changes_every_epoch_and_repeats_per_seed():
     data.set_epoch(1)
     assert not torch.equal(data[0][0], first)
     assert torch.equal(FreshSyntheticObjects(32, 24, seed=3)[0][0], first)
-    with pytest.raises(ValueError, match="num_workers=0"):
-        fit(efficientnet(depth=0.1, width=0.1, resolution=32, num_classes=24), data,
-            config=TrainConfig(epochs=1, batch_size=8, num_workers=1, progress=False))  # fmt: skip
+    # served from its tensors, this epoch's, by fit's TensorLoader: no workers to miss set_epoch
+    from effnet_edu.training import TensorLoader, _build_loader
+
+    loader = _build_loader(data, TrainConfig(batch_size=8, num_workers=1), torch.device("cpu"))
+    assert isinstance(loader, TensorLoader) and loader.dataset is data
 
 
 TINY = Preset(
