@@ -589,6 +589,72 @@ def to_json(results: list[Result], args, command: str, minutes: float) -> dict:
 # ----------------------------------------------------------------------------- command line
 
 
+FAMILY_COLORS = {"EfficientNet": "tab:green", "ResNet": "tab:blue", "MobileNet": "tab:orange"}
+
+
+def plot(data: dict, path: Path) -> None:
+    """Latency against MACs, one panel per device measured, with lines of equal GMAC/s. `data`
+    is what --json writes, so a saved run can be drawn again (--replot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # a file, no window
+    import matplotlib.pyplot as plt
+
+    models = data["models"]
+    devices = list(models[0]["timings"])
+    fig, axes = plt.subplots(1, len(devices), figsize=(8 * len(devices), 5.2), squeeze=False)
+    for ax, device in zip(axes[0], devices, strict=True):
+        wall = models[0]["timings"][device]["clock"] == "wall"
+        gmacs = {m["label"]: m["costs"]["macs"] / 1e9 for m in models}
+        ms = {m["label"]: statistics.median(m["timings"][device]["latency_ms"]) for m in models}
+        for label in gmacs:
+            family = next(f for f in FAMILY_COLORS if label.startswith(f))
+            ax.scatter(gmacs[label], ms[label], s=60, color=FAMILY_COLORS[family], zorder=3)
+            ax.annotate(
+                label,
+                (gmacs[label], ms[label]),
+                fontsize=9,
+                textcoords="offset points",
+                xytext=(7, -4),
+            )
+        low, high = min(gmacs.values()) / 1.5, max(gmacs.values()) * 1.5
+        for rate in (5, 10, 20, 40) if device == "cpu" else (100, 300, 1000, 3000):
+            ax.plot([low, high], [low / rate * 1e3, high / rate * 1e3], color="0.8", lw=1)
+            ax.annotate(
+                f"{rate} GMAC/{'s' if wall else 'CPU-s'}",
+                (low, low / rate * 1e3),
+                fontsize=8,
+                color="0.45",
+                textcoords="offset points",
+                xytext=(2, 3),
+            )
+        for family, color in FAMILY_COLORS.items():
+            ax.scatter([], [], color=color, s=60, label=family)
+        ax.legend(loc="lower right")
+        unit = "ms" if wall else "CPU-ms"
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="multiply-adds per image (GMACs, log scale)",
+            ylabel=f"latency, batch 1, {device} ({unit}, log scale)",
+        )
+        ticks = [t for t in (0.2, 0.5, 1, 2, 4, 10) if low <= t <= high]
+        ax.set_xticks(ticks, labels=[f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+        ax.grid(alpha=0.3, which="both")
+        rate = {label: gmacs[label] / ms[label] for label in gmacs}
+        fastest, slowest = max(rate, key=rate.get), min(rate, key=rate.get)
+        ax.set_title(
+            f"{device}: {fastest} does {rate[fastest] / rate[slowest]:.1f}x the "
+            f"multiply-adds per {unit} of {slowest}",
+            fontsize=10,
+        )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -644,7 +710,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=None, help="also write the report here (.md)")
     parser.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
+    parser.add_argument(
+        "--plot", type=Path, default=None, help="draw latency against MACs here (.png)"
+    )
+    parser.add_argument(
+        "--replot", type=Path, default=None, help="draw a saved run (its --json) with --plot"
+    )
     args = parser.parse_args(argv)
+    if args.replot is not None and args.plot is None:
+        parser.error("--replot needs --plot, the picture to write")
     try:
         device = select_device(args.device)
     except ValueError as error:
@@ -673,6 +747,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[Result]:
     args = parse_args(argv)
+    if args.replot is not None:  # no measuring: draw a saved run
+        plot(json.loads(args.replot.read_text()), args.plot)
+        print(f"wrote {args.plot}")
+        return []
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.device.type == "cuda":
@@ -709,10 +787,14 @@ def main(argv: list[str] | None = None) -> list[Result]:
     minutes = (time.perf_counter() - started) / 60
     load = f"{load_before} before, {load_average()} after"
     write_report(report(results, args, command, minutes, load), args.out)
+    data = to_json(results, args, command, minutes)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(to_json(results, args, command, minutes), indent=1) + "\n")
+        args.json.write_text(json.dumps(data, indent=1) + "\n")
         print(f"wrote {args.json}")
+    if args.plot is not None:
+        plot(data, args.plot)
+        print(f"wrote {args.plot}")
     return results
 
 

@@ -1,8 +1,9 @@
 """Check a GPU machine in one command (`make gpu-check`) and write one report.
 
 It runs, on the first CUDA GPU:
-1. notebook 04 top to bottom, which takes its GPU branch there (a copy is executed; the committed
-   notebook is left as it is);
+1. notebooks 04 and 06 top to bottom, which take their GPU branches there (copies are executed,
+   beside a link to notebooks/data so that real datasets on disk are found; the committed
+   notebooks are left as they are);
 2. the throughput benchmark (ours vs torchvision's B0: AMP, channels_last, torch.compile);
 3. the FLOPs-versus-latency benchmark (B0/B1/B3 against ResNets and MobileNets);
 4. a two-process `torchrun` training run (on two GPUs if there are two, else on the CPU: one GPU
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ("04_training_on_gpu.ipynb", "06_flops_are_not_latency.ipynb")
 
 
 def run_step(name: str, command: list[str], folder: Path, env=None) -> dict:
@@ -62,20 +64,26 @@ def main() -> int:
     folder = ROOT / "build" / "gpu-check" / stamp
     folder.mkdir(parents=True)
     python, quick = sys.executable, ["--quick"] if args.quick else []
-    notebook = folder / "04_training_on_gpu.ipynb"
-    shutil.copy(ROOT / "notebooks" / "04_training_on_gpu.ipynb", notebook)
+    notebooks = [folder / name for name in NOTEBOOKS]
+    for notebook in notebooks:
+        shutil.copy(ROOT / "notebooks" / notebook.name, notebook)
+    if (ROOT / "notebooks" / "data").is_dir():  # DATA_ROOT = "data", relative to the notebook
+        (folder / "data").symlink_to(ROOT / "notebooks" / "data", target_is_directory=True)
     gpus = torch.cuda.device_count()
     ddp_device = "cuda" if gpus >= 2 else "cpu"
     tiny = ["--depth", "0.25", "--width", "0.25", "--resolution", "32", "--epochs", "1"]
     tiny += ["--train-samples", "256", "--val-samples", "64", "--batch-size", "32", "--quiet"]
     steps = [
-        ("notebook-04", [python, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-                         "--inplace", "--ExecutePreprocessor.timeout=1800", str(notebook)]),
+        *((f"notebook-{notebook.name[:2]}", [python, "-m", "jupyter", "nbconvert", "--to",
+                                              "notebook", "--execute", "--inplace",
+                                              "--ExecutePreprocessor.timeout=1800", str(notebook)])
+          for notebook in notebooks),
         ("throughput", [python, "benchmarks/bench_throughput.py", "--device", "cuda", *quick,
                         "--out", str(folder / "throughput.md")]),
         ("flops-latency", [python, "benchmarks/bench_flops_latency.py", "--device", "cuda",
                            *quick, "--out", str(folder / "flops_latency.md"),
-                           "--json", str(folder / "flops_latency.json")]),
+                           "--json", str(folder / "flops_latency.json"),
+                           "--plot", str(folder / "flops_latency.png")]),
         ("torchrun", [python, "-m", "torch.distributed.run", "--nproc_per_node=2",
                       f"--master_port={free_port()}", "-m", "effnet_edu.cli", "train", *tiny,
                       "--device", ddp_device, "--out", str(folder / "ddp")]),
@@ -90,7 +98,8 @@ def main() -> int:
         f"- CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         f"- torch {torch.__version__} (CUDA {torch.version.cuda}), "
         f"Python {platform.python_version()}",
-        f"- torchrun ran on: {ddp_device}" + ("" if gpus >= 2 else " (one GPU: a process each)"),
+        f"- torchrun ran on: {ddp_device}"
+        + ("" if gpus >= 2 else " (one GPU only, and each process needs a GPU of its own)"),
         "",
         "| step | result | seconds | log |",
         "|---|---|---|---|",

@@ -58,7 +58,12 @@ def process_device(device: str = "auto") -> torch.device:
             f"device {device!r} under torchrun would put all {world} processes on one GPU; pass "
             "device='cuda' (or 'auto'): each process then uses the GPU of its LOCAL_RANK"
         )
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if "LOCAL_RANK" not in os.environ:
+        raise ValueError(
+            f"{world} processes but no LOCAL_RANK in the environment, so this process cannot tell "
+            "which GPU is its own: launch with torchrun, which sets it"
+        )
+    return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
 
 
 def cpu_supports_bf16() -> bool:
@@ -441,10 +446,12 @@ class TensorLoader:
     the same data and sampler would: images / 255 in fp32 and labels, bit for bit on a CPU (on a
     GPU the division may round the last bit differently)."""
 
-    def __init__(self, dataset, batch_size: int, device: torch.device, sampler=None):
+    def __init__(
+        self, dataset, batch_size: int, device: torch.device, sampler=None, drop_last=False
+    ):
         self.dataset, self.batch_size, self.device = dataset, batch_size, device
         self.sampler = range(len(dataset)) if sampler is None else sampler
-        self.drop_last, self._source, self._tensors = sampler is not None, None, None
+        self.drop_last, self._source, self._tensors = drop_last, None, None
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.sampler), self.batch_size)
@@ -489,7 +496,7 @@ def _build_loader(data, config: TrainConfig, device: torch.device):
     steps = samples // batch if cap is None else min(samples // batch, cap)
     sampler = EpochSampler(len(data), config.seed, rank, world, length=steps * batch)
     if _in_tensors(data):
-        return TensorLoader(data, batch, device, sampler)
+        return TensorLoader(data, batch, device, sampler, drop_last=True)
     if hasattr(data, "set_epoch") and config.num_workers > 0:
         raise ValueError(
             "this dataset changes every epoch (it has set_epoch), which worker processes would "

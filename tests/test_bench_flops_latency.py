@@ -131,3 +131,14 @@ def test_orderings_sort_cheapest_and_fastest_first():
     assert orders["MACs"] == ["b", "c", "a"]
     assert orders["cpu latency"] == ["a", "c", "b"]
     assert orders["cpu training throughput"] == ["c", "a", "b"]
+
+
+def test_a_saved_run_is_drawn_again(tmp_path):
+    """--json writes what --replot draws; a missing --plot is refused with a clear message."""
+    saved, picture = tmp_path / "run.json", tmp_path / "run.png"
+    args = ["--quick", "--threads", "1", "--models", "b0", "mobilenet_v3_large", "--repeats", "1"]
+    bench.main([*args, "--json", str(saved)])
+    assert bench.main(["--replot", str(saved), "--plot", str(picture)]) == []
+    assert picture.read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--replot", str(saved)])

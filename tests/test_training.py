@@ -383,12 +383,13 @@ def test_tensor_loader_yields_what_a_dataloader_yields():
     from effnet_edu.training import TensorLoader
 
     data = ee.SyntheticObjects("train", 40, 32, seed=3)
-    sampler = EpochSampler(len(data), seed=1, length=32)
-    ours = list(TensorLoader(data, 8, torch.device("cpu"), sampler))
-    theirs = list(torch.utils.data.DataLoader(data, 8, sampler=sampler, drop_last=True))
-    assert len(ours) == len(theirs) == 4
-    for (images, labels), (images_dl, labels_dl, _) in zip(ours, theirs, strict=True):
-        assert torch.equal(images, images_dl) and torch.equal(labels, labels_dl)
+    sampler = EpochSampler(len(data), seed=1, length=36)
+    for drop_last, batches in ((True, 4), (False, 5)):  # 36 = 4 x 8 + 4
+        ours = list(TensorLoader(data, 8, torch.device("cpu"), sampler, drop_last=drop_last))
+        theirs = list(torch.utils.data.DataLoader(data, 8, sampler=sampler, drop_last=drop_last))
+        assert len(ours) == len(theirs) == batches
+        for (images, labels), (images_dl, labels_dl, _) in zip(ours, theirs, strict=True):
+            assert torch.equal(images, images_dl) and torch.equal(labels, labels_dl)
     assert len(list(TensorLoader(data, 16, torch.device("cpu")))) == 3  # 16 + 16 + 8, in order
 
 
@@ -529,3 +530,6 @@ def test_torchrun_gives_each_process_its_own_gpu(monkeypatch):
     with pytest.raises(ValueError, match="one GPU"):
         training.process_device("cuda:0")
     assert training.process_device("cpu") == torch.device("cpu")
+    monkeypatch.delenv("LOCAL_RANK")  # two processes, and none knows its GPU: not GPU 0 for all
+    with pytest.raises(ValueError, match="LOCAL_RANK"):
+        training.process_device("cuda")
