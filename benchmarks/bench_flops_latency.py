@@ -64,7 +64,13 @@ from torch.utils.flop_counter import FlopCounterMode
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # a source checkout, and bench_throughput beside us
 
-from bench_throughput import load_average, machine_description, write_report  # noqa: E402
+from bench_throughput import (  # noqa: E402
+    CLOCKS,
+    add_thread_and_clock_arguments,
+    load_average,
+    machine_description,
+    write_report,
+)
 
 import effnet_edu as ee  # noqa: E402
 from effnet_edu.profiling import count_macs  # noqa: E402
@@ -81,7 +87,6 @@ MODELS = {
     "mobilenet_v3_large": "MobileNetV3-Large",
 }
 OURS = ("efficientnet_b0", "efficientnet_b1", "efficientnet_b3")
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 TRAIN_BATCH = {"cpu": 16, "cuda": 128}
 WARMUP = {"cpu": 2, "cuda": 10}  # untimed calls per model: allocator, oneDNN/cuDNN kernel choice
 REPEATS = {"cpu": 10, "cuda": 30}
@@ -693,16 +698,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="training batch (default 16 on the CPU, 128 on CUDA)",
     )
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)"
-    )
-    parser.add_argument(
-        "--clock",
-        choices=list(CLOCKS),
-        default="wall",
-        help="CPU timings: wall = elapsed time (default); cpu = this process's CPU time, robust "
-        "on a busy shared machine (use with --threads 1). CUDA timings always use the wall clock",
-    )
+    add_thread_and_clock_arguments(parser)
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -379,6 +379,20 @@ def load_average() -> str:
 # ----------------------------------------------------------------------------- command line
 
 
+def add_thread_and_clock_arguments(parser: argparse.ArgumentParser) -> None:
+    """--threads and --clock, which every timing benchmark here takes, with the same meaning."""
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=list(CLOCKS),
+        default="wall",
+        help="wall = elapsed time (default); cpu = this process's CPU time, robust on a busy "
+        "shared machine (use with --threads 1). GPU timings use the wall clock",
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
@@ -419,16 +433,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="each measurement lasts at least this long (default 1.0; 0.3 with --quick)",
     )
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)"
-    )
-    parser.add_argument(
-        "--clock",
-        choices=list(CLOCKS),
-        default="wall",
-        help="wall: elapsed time (default); cpu: this process's CPU time, "
-        "robust on a busy shared machine (use with --threads 1; CPU only)",
-    )
+    add_thread_and_clock_arguments(parser)
     parser.add_argument("--skip-inference", action="store_true", help="time training only")
     parser.add_argument(
         "--quick",
