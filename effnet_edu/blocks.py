@@ -120,15 +120,39 @@ def stochastic_depth(x: torch.Tensor, drop_probability: float, training: bool) -
     return x * keep
 
 
-def _check_block_arguments(stride: int, stochastic_depth: float) -> None:
-    """The two arguments MBConv and FusedMBConv validate alike."""
-    if stride not in (1, 2):
-        raise ValueError(f"stride must be 1 or 2, got {stride!r}")
-    if not 0.0 <= stochastic_depth < 1.0:
-        raise ValueError(f"stochastic_depth must be in [0, 1), got {stochastic_depth!r}")
+class ResidualBlock(nn.Module):
+    """What MBConv and FusedMBConv share: the residual rule and stochastic depth.
+
+    Each block computes its branch in `forward` and ends with ``self.add_residual(out, x)``.
+    Stochastic depth drops the branch, never the skip, so a block without a skip connection
+    has nothing to drop (its `stochastic_depth` is then unused).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, stochastic_depth: float):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+        if not 0.0 <= stochastic_depth < 1.0:
+            raise ValueError(f"stochastic_depth must be in [0, 1), got {stochastic_depth!r}")
+        # The residual rule: a skip connection only where the branch keeps x's shape.
+        self.use_residual = stride == 1 and in_channels == out_channels
+        self.stochastic_depth = stochastic_depth
+
+    def add_residual(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """out + x (the branch randomly dropped per sample in training) when the shapes allow."""
+        if not self.use_residual:  # stride 2 or new channels: out and x differ in shape
+            return out
+        out = stochastic_depth(out, self.stochastic_depth, self.training)  # (B, C, H, W)
+        out += x  # in place: BatchNorm's backward needs its input, not this output
+        return out
+
+    def extra_repr(self) -> str:
+        if not self.use_residual:  # no skip connection, so nothing to drop
+            return "use_residual=False"
+        return f"use_residual=True, stochastic_depth={self.stochastic_depth:.4f}"
 
 
-class MBConv(nn.Module):
+class MBConv(ResidualBlock):
     """Mobile inverted bottleneck with optional squeeze-and-excitation and stochastic depth.
 
     The residual is added in place into the projection's output (as torchvision does, to save
@@ -149,8 +173,7 @@ class MBConv(nn.Module):
         bn_momentum: float = 0.1,
         padding: str = "symmetric",
     ):
-        super().__init__()
-        _check_block_arguments(stride, stochastic_depth)
+        super().__init__(in_channels, out_channels, stride, stochastic_depth)
         norm = {"bn_eps": bn_eps, "bn_momentum": bn_momentum, "padding": padding}
         expanded = in_channels * expand_ratio
         # No expansion when the ratio is 1 (stage 1), as in the official code: the block is then a
@@ -171,8 +194,6 @@ class MBConv(nn.Module):
         # Linear bottleneck: no activation after the projection, since ReLU-like functions on a
         # narrow (low-dimensional) representation destroy information (MobileNetV2, Section 3.2).
         self.project = ConvBNActivation(expanded, out_channels, 1, activation=None, **norm)
-        self.use_residual = stride == 1 and in_channels == out_channels
-        self.stochastic_depth = stochastic_depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x if self.expand is None else self.expand(x)  # (B, C_in * e, H, W)
@@ -180,25 +201,17 @@ class MBConv(nn.Module):
         if self.se is not None:
             out = self.se(out)
         out = self.project(out)  # (B, C_out, H / s, W / s)
-        if self.use_residual:
-            out = stochastic_depth(out, self.stochastic_depth, self.training)
-            out += x  # in place: BatchNorm's backward needs its input, not this output
-        return out
-
-    def extra_repr(self) -> str:
-        if not self.use_residual:  # no skip connection, so nothing to drop
-            return "use_residual=False"
-        return f"use_residual=True, stochastic_depth={self.stochastic_depth:.4f}"
+        return self.add_residual(out, x)  # + x only if s == 1 and C_in == C_out
 
 
-class FusedMBConv(nn.Module):
+class FusedMBConv(ResidualBlock):
     """EfficientNetV2's Fused-MBConv: one regular k x k conv instead of 1x1 expand + depthwise.
 
     A dense convolution costs more FLOPs than the pair it replaces but runs far better on
     accelerators, so V2 uses it only in its early, narrow stages (Tan & Le, 2021, Section 3.2,
     Table 3), and there without squeeze-and-excitation (Table 4). With expand_ratio 1 the k x k
     conv maps C_in -> C_out directly, keeping its activation; there is no projection. The
-    residual rule and stochastic depth are MBConv's.
+    residual rule and stochastic depth are MBConv's (`ResidualBlock`).
     """
 
     def __init__(
@@ -215,8 +228,7 @@ class FusedMBConv(nn.Module):
         bn_momentum: float = 0.1,
         padding: str = "symmetric",
     ):
-        super().__init__()
-        _check_block_arguments(stride, stochastic_depth)
+        super().__init__(in_channels, out_channels, stride, stochastic_depth)
         if se_ratio:
             raise ValueError(
                 f"FusedMBConv has no squeeze-and-excitation (EfficientNetV2's fused stages have "
@@ -233,16 +245,9 @@ class FusedMBConv(nn.Module):
             if expand_ratio != 1
             else None
         )
-        self.use_residual = stride == 1 and in_channels == out_channels
-        self.stochastic_depth = stochastic_depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.fused(x)  # (B, C_in * e, H / s, W / s); (B, C_out, H / s, W / s) if e == 1
         if self.project is not None:
             out = self.project(out)  # (B, C_out, H / s, W / s)
-        if self.use_residual:
-            out = stochastic_depth(out, self.stochastic_depth, self.training)
-            out += x
-        return out
-
-    extra_repr = MBConv.extra_repr
+        return self.add_residual(out, x)  # + x only if s == 1 and C_in == C_out

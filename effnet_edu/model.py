@@ -5,7 +5,8 @@ The architecture is data. `BASELINE_STAGES` is the paper's Table 1 (EfficientNet
 `round_repeats`; `EfficientNetConfig.blocks()` walks that table block by block (the first block
 of a stage takes the stride), and `EfficientNet` builds stem -> MBConv blocks -> head from it.
 `efficientnet(...)` is the front door: arguments -> `efficientnet_config` -> module.
-EfficientNetV2 is the same builder on other tables (`V2_STAGES`): `efficientnet_v2("s")`.
+EfficientNetV2 is the same builder on other tables (`V2_TABLES`, read into `V2_STAGES`):
+`efficientnet_v2("s")`.
 """
 
 from __future__ import annotations
@@ -62,35 +63,47 @@ BASELINE_STEM_CHANNELS = 32
 BASELINE_HEAD_CHANNELS = 1280
 MIN_RESOLUTION = 32  # five stride-2 stages divide the input by 32: at least a 1x1 final map
 # EfficientNetV2 (Tan & Le, 2021): S is the paper's Table 4; M and L are the official
-# effnetv2_configs.py's, as torchvision's. The fused early stages have no SE.
-_FUSED = {"se_ratio": 0.0, "fused": True}
-V2_STAGES: dict[str, tuple[StageConfig, ...]] = {
+# effnetv2_configs.py's, as torchvision's. One row per stage, as there:
+#   (block, expand_ratio, kernel_size, stride, in_channels, out_channels, repeats)
+# Every Fused-MBConv stage is without SE, every MBConv stage has SE 0.25 (`V2_SE_RATIO`).
+V2_TABLES: dict[str, tuple[tuple, ...]] = {
     "s": (
-        StageConfig(1, 3, 1, 24, 24, 2, **_FUSED),
-        StageConfig(4, 3, 2, 24, 48, 4, **_FUSED),
-        StageConfig(4, 3, 2, 48, 64, 4, **_FUSED),
-        StageConfig(4, 3, 2, 64, 128, 6),
-        StageConfig(6, 3, 1, 128, 160, 9),
-        StageConfig(6, 3, 2, 160, 256, 15),
+        ("FusedMBConv", 1, 3, 1, 24, 24, 2),
+        ("FusedMBConv", 4, 3, 2, 24, 48, 4),
+        ("FusedMBConv", 4, 3, 2, 48, 64, 4),
+        ("MBConv", 4, 3, 2, 64, 128, 6),
+        ("MBConv", 6, 3, 1, 128, 160, 9),
+        ("MBConv", 6, 3, 2, 160, 256, 15),
     ),
     "m": (
-        StageConfig(1, 3, 1, 24, 24, 3, **_FUSED),
-        StageConfig(4, 3, 2, 24, 48, 5, **_FUSED),
-        StageConfig(4, 3, 2, 48, 80, 5, **_FUSED),
-        StageConfig(4, 3, 2, 80, 160, 7),
-        StageConfig(6, 3, 1, 160, 176, 14),
-        StageConfig(6, 3, 2, 176, 304, 18),
-        StageConfig(6, 3, 1, 304, 512, 5),
+        ("FusedMBConv", 1, 3, 1, 24, 24, 3),
+        ("FusedMBConv", 4, 3, 2, 24, 48, 5),
+        ("FusedMBConv", 4, 3, 2, 48, 80, 5),
+        ("MBConv", 4, 3, 2, 80, 160, 7),
+        ("MBConv", 6, 3, 1, 160, 176, 14),
+        ("MBConv", 6, 3, 2, 176, 304, 18),
+        ("MBConv", 6, 3, 1, 304, 512, 5),
     ),
     "l": (
-        StageConfig(1, 3, 1, 32, 32, 4, **_FUSED),
-        StageConfig(4, 3, 2, 32, 64, 7, **_FUSED),
-        StageConfig(4, 3, 2, 64, 96, 7, **_FUSED),
-        StageConfig(4, 3, 2, 96, 192, 10),
-        StageConfig(6, 3, 1, 192, 224, 19),
-        StageConfig(6, 3, 2, 224, 384, 25),
-        StageConfig(6, 3, 1, 384, 640, 7),
+        ("FusedMBConv", 1, 3, 1, 32, 32, 4),
+        ("FusedMBConv", 4, 3, 2, 32, 64, 7),
+        ("FusedMBConv", 4, 3, 2, 64, 96, 7),
+        ("MBConv", 4, 3, 2, 96, 192, 10),
+        ("MBConv", 6, 3, 1, 192, 224, 19),
+        ("MBConv", 6, 3, 2, 224, 384, 25),
+        ("MBConv", 6, 3, 1, 384, 640, 7),
     ),
+}
+V2_SE_RATIO = {"FusedMBConv": 0.0, "MBConv": 0.25}
+
+
+def _v2_stage(block: str, *row: int) -> StageConfig:
+    """A `StageConfig` from one row of `V2_TABLES`: the block name sets `fused` and the SE ratio."""
+    return StageConfig(*row, se_ratio=V2_SE_RATIO[block], fused=block == "FusedMBConv")
+
+
+V2_STAGES: dict[str, tuple[StageConfig, ...]] = {
+    size: tuple(_v2_stage(*row) for row in rows) for size, rows in V2_TABLES.items()
 }
 # V2 size -> (evaluation resolution, dropout), as torchvision's weights.
 V2_VARIANTS = {"s": (384, 0.2), "m": (480, 0.3), "l": (480, 0.4)}

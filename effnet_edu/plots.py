@@ -1,4 +1,4 @@
-"""Pictures of datasets: examples of each class, and scenes at several resolutions (notebook 01)."""
+"""Pictures of datasets: examples of each class, and scenes at several resolutions (notebook 02)."""
 
 from pathlib import Path
 

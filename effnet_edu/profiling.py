@@ -162,6 +162,29 @@ def count_flops(model: nn.Module, resolution: int | None = None) -> int:
     return count_macs(model, (3, resolution, resolution))
 
 
+def block_convs(block) -> list[tuple[int, int, int, int, int]]:
+    """The convolutions of one block (a `StageConfig` row with repeats 1), in order, as
+    (C_in, C_out, kernel, groups, stride); squeeze-and-excitation is counted apart.
+
+    MBConv: 1x1 expansion (only if e != 1), k x k depthwise with the stride, 1x1 projection.
+    Fused-MBConv (V2): one dense k x k conv with the stride to C_in * e, then the 1x1
+    projection; with e == 1 the k x k conv maps C_in -> C_out itself and there is no projection.
+    """
+    c_in, c_out, e = block.in_channels, block.out_channels, block.expand_ratio
+    k, s, expanded = block.kernel_size, block.stride, c_in * e
+    if block.fused:
+        if e == 1:
+            return [(c_in, c_out, k, 1, s)]
+        return [(c_in, expanded, k, 1, s), (expanded, c_out, 1, 1, 1)]
+    expand = [(c_in, expanded, 1, 1, 1)] if e != 1 else []
+    return expand + [(expanded, expanded, k, expanded, s), (expanded, c_out, 1, 1, 1)]
+
+
+def _squeeze_channels(block) -> int:
+    """SE's squeeze width (0: no SE): from the block's input channels, not the expanded ones."""
+    return max(1, int(block.in_channels * block.se_ratio)) if block.se_ratio else 0
+
+
 def config_flops(config, resolution: int | None = None) -> int:
     """Multiply-adds of one image, computed from the stage table alone (no model is built).
 
@@ -172,14 +195,11 @@ def config_flops(config, resolution: int | None = None) -> int:
     size = math.ceil((config.resolution if resolution is None else resolution) / 2)
     total = size * size * config.stem_channels * 3 * 3 * 3  # the stem, stride 2
     for _, _, b, _ in config.blocks():
-        expanded = b.in_channels * b.expand_ratio
-        if b.expand_ratio != 1:
-            total += size * size * b.in_channels * expanded  # 1x1 expansion
-        size = math.ceil(size / b.stride)
-        total += size * size * expanded * b.kernel_size**2  # depthwise: one filter a channel
-        if b.se_ratio:  # two 1x1 convs on the pooled (1 x 1) map
-            total += 2 * expanded * max(1, int(b.in_channels * b.se_ratio))
-        total += size * size * expanded * b.out_channels  # 1x1 projection
+        for c_in, c_out, kernel, groups, stride in block_convs(b):
+            size = math.ceil(size / stride)
+            total += size * size * c_out * (c_in // groups) * kernel * kernel
+        # SE: two 1x1 convs on the pooled (1 x 1) map of C_in * e channels
+        total += 2 * b.in_channels * b.expand_ratio * _squeeze_channels(b)
     total += size * size * config.stages[-1].out_channels * config.head_channels
     return total + config.head_channels * config.num_classes
 
@@ -196,14 +216,11 @@ def config_params(config) -> int:
 
     total = conv_bn(3, config.stem_channels, 3)
     for _, _, b, _ in config.blocks():
-        expanded = b.in_channels * b.expand_ratio
-        if b.expand_ratio != 1:
-            total += conv_bn(b.in_channels, expanded)
-        total += conv_bn(expanded, expanded, b.kernel_size, groups=expanded)
-        if b.se_ratio:
-            squeeze = max(1, int(b.in_channels * b.se_ratio))
+        for c_in, c_out, kernel, groups, _ in block_convs(b):
+            total += conv_bn(c_in, c_out, kernel, groups)
+        if squeeze := _squeeze_channels(b):
+            expanded = b.in_channels * b.expand_ratio
             total += 2 * expanded * squeeze + squeeze + expanded  # weights and biases
-        total += conv_bn(expanded, b.out_channels)
     total += conv_bn(config.stages[-1].out_channels, config.head_channels)
     return total + config.head_channels * config.num_classes + config.num_classes
 

@@ -1,4 +1,4 @@
-"""The first scale study (results/scale_study_v1), kept only for notebooks 01, 03 and 05 and
+"""The first scale study (results/scale_study_v1), kept only for notebooks 02, 03 and 05 and
 assignment A3 until they move to the redesigned study in `effnet_edu.study` (issue 13): it used
 the paper's constants instead of the paper's method, unmatched FLOPs and untrained models, so
 do not build on it. It will be deleted when the notebooks move.
