@@ -37,8 +37,10 @@ def easy_data(n=96, seed=0):
 
 
 def test_fit_learns_and_reports_history():
-    # One thread and a fixed initialisation: the result then does not depend on the machine or on
-    # earlier tests (init seeds 1, 2, 4 reach 1.0, 1.0, 0.98 here; seed 3 a poor 0.54).
+    # One thread and a fixed initialisation. The last bits of the arithmetic still differ between
+    # CPUs (AVX2, AVX-512, AMX kernels), and a short run at lr 0.05 amplified them: seed 1 reached
+    # 1.0 on an EPYC and 0.69 on a Sapphire Rapids Xeon. At lr 0.02 for 12 epochs, init seeds 1-8
+    # all reach 1.0 on that Xeon, so the margin below is wide on any CPU.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(1)
@@ -48,14 +50,15 @@ def test_fit_learns_and_reports_history():
             model,
             easy_data(),
             easy_data(48, seed=1),
-            epochs=8,
+            epochs=12,
             batch_size=16,
+            lr=0.02,
             progress=False,
             amp="off",
         )
     finally:
         torch.set_num_threads(threads)
-    assert len(history) == 8 and history.last is history[-1] and history.epochs == list(history)
+    assert len(history) == 12 and history.last is history[-1] and history.epochs == list(history)
     expected = {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "seconds"}
     assert set(history.last) >= expected
     assert history["val_accuracy"][-1] > 0.8  # chance is 1/3
