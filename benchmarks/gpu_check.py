@@ -12,13 +12,14 @@ It runs, on the first CUDA GPU:
 Everything goes to build/gpu-check/<date-time>/ (report.md, the logs, the executed notebook):
 nothing earlier is replaced. Where there is no CUDA GPU it says so and exits with status 0.
 
-    .venv/bin/python benchmarks/gpu_check.py [--quick]
+    .venv/bin/python benchmarks/gpu_check.py [--quick] [--only STEP ... | --skip STEP ...]
+
+Steps: notebook-04, notebook-06, throughput, flops-latency, torchrun (see STEPS).
 """
 
 import argparse
 import datetime
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -29,7 +30,20 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# a source checkout, and bench_throughput beside us
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+from bench_throughput import machine_description  # noqa: E402
+
 NOTEBOOKS = ("04_training_on_gpu.ipynb", "06_flops_are_not_latency.ipynb")
+STEPS = (*(f"notebook-{name[:2]}" for name in NOTEBOOKS), "throughput", "flops-latency", "torchrun")
+
+
+def chosen_steps(only: list[str] | None, skip: list[str] | None) -> list[str]:
+    """The steps to run, in STEPS order; an unknown name is an error that lists the valid ones."""
+    for name in (*(only or ()), *(skip or ())):
+        if name not in STEPS:
+            raise SystemExit(f"gpu-check: unknown step {name!r}; the steps are: {', '.join(STEPS)}")
+    return [s for s in STEPS if (only is None or s in only) and s not in (skip or ())]
 
 
 def run_step(name: str, command: list[str], folder: Path, env=None) -> dict:
@@ -53,7 +67,11 @@ def free_port() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="benchmarks' smoke settings")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--only", nargs="+", metavar="STEP", help=f"run only these: {STEPS}")
+    which.add_argument("--skip", nargs="+", metavar="STEP", help="run all but these")
     args = parser.parse_args()
+    wanted = chosen_steps(args.only, args.skip)
     if not torch.cuda.is_available():
         print(
             "gpu-check: skipped, no CUDA GPU here (torch.cuda.is_available() is False). "
@@ -88,6 +106,8 @@ def main() -> int:
                       f"--master_port={free_port()}", "-m", "effnet_edu.cli", "train", *tiny,
                       "--device", ddp_device, "--out", str(folder / "ddp")]),
     ]  # fmt: skip
+    assert [name for name, _ in steps] == list(STEPS)
+    steps = [(name, command) for name, command in steps if name in wanted]
     env = os.environ | {"TQDM_DISABLE": "1"}
     results = [run_step(name, command, folder, env) for name, command in steps]
     lines = [
@@ -95,9 +115,7 @@ def main() -> int:
         "",
         f"- GPU: {torch.cuda.get_device_name(0)} (compute capability "
         f"{'.'.join(map(str, torch.cuda.get_device_capability(0)))}), {gpus} GPU(s)",
-        f"- CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        f"- torch {torch.__version__} (CUDA {torch.version.cuda}), "
-        f"Python {platform.python_version()}",
+        f"- {machine_description(torch.device('cuda'))}; CUDA {torch.version.cuda}",
         f"- torchrun ran on: {ddp_device}"
         + ("" if gpus >= 2 else " (one GPU only, and each process needs a GPU of its own)"),
         "",

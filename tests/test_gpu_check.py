@@ -46,6 +46,7 @@ def test_gpu_check_plans_every_step_on_a_gpu(tmp_path, monkeypatch):
     (folder,) = (tmp_path / "build" / "gpu-check").iterdir()
     names = [name for name, _ in planned]
     assert names == ["notebook-04", "notebook-06", "throughput", "flops-latency", "torchrun"]
+    assert "CPU " in (folder / "report.md").read_text()  # the machine line names the CPU
     for name in gpu_check.NOTEBOOKS:
         assert (folder / name).exists()  # a copy is executed, not the committed notebook
         assert any(str(folder / name) in command for _, command in planned)
@@ -56,3 +57,17 @@ def test_gpu_check_plans_every_step_on_a_gpu(tmp_path, monkeypatch):
     report = (folder / "report.md").read_text()
     assert "Mock GPU (compute capability 9.0), 1 GPU(s)" in report
     assert "one GPU only" in report
+
+
+def test_gpu_check_runs_only_the_steps_asked_for_and_names_the_valid_ones(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.chosen_steps(None, None) == list(gpu_check.STEPS)
+    assert gpu_check.chosen_steps(["torchrun", "throughput"], None) == ["throughput", "torchrun"]
+    assert gpu_check.chosen_steps(None, ["notebook-04"]) == [
+        "notebook-06", "throughput", "flops-latency", "torchrun"]  # fmt: skip
+    with pytest.raises(SystemExit, match="unknown step 'notebook-4'; the steps are: notebook-04"):
+        gpu_check.chosen_steps(["notebook-4"], None)

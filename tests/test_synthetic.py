@@ -34,13 +34,20 @@ def val64():
 # renderer moves thousands of pixels. The sums were computed on that Xeon with MKL_CBWR=AVX2 and
 # ATEN_CPU_CAPABILITY=avx2, which reproduce the original hashes of the first three cases exactly;
 # the fourth differs from its original by at most a pixel or two.
-REFERENCE = {  # (split, n, resolution, seed, distractors): (labels, masks, centres, radii)
-    ("val", 240, 64, 0, True): "6d9fc56abdc3863b d670ec7c66da6584 578a92f92eda9a99 6b9338f2a4627672",
-    ("train", 300, 32, 1, True): "f8bcb09764e83f77 6db393dfbe62b538 4312129c67299004 "
-    "8b1f0ec3d97bc69d",
-    ("test", 50, 128, 7, True): "54c1e88c42188b7d ce9ed9508a55ebae 0e09c1e9579e8fa1 5f2a14e17a8f3fa4",
-    ("val", 240, 48, 0, False): "6d9fc56abdc3863b 3dc8f94ee7811b62 e82436ae5f5e06d0 "
-    "6f3e4099226ad390",
+# (split, n, resolution, seed, distractors) -> hashes of (labels, masks, centres, radii)
+REFERENCE = {
+    ("val", 240, 64, 0, True): (
+        "6d9fc56abdc3863b d670ec7c66da6584 578a92f92eda9a99 6b9338f2a4627672"
+    ),
+    ("train", 300, 32, 1, True): (
+        "f8bcb09764e83f77 6db393dfbe62b538 4312129c67299004 8b1f0ec3d97bc69d"
+    ),
+    ("test", 50, 128, 7, True): (
+        "54c1e88c42188b7d ce9ed9508a55ebae 0e09c1e9579e8fa1 5f2a14e17a8f3fa4"
+    ),
+    ("val", 240, 48, 0, False): (
+        "6d9fc56abdc3863b 3dc8f94ee7811b62 e82436ae5f5e06d0 6f3e4099226ad390"
+    ),
 }
 IMAGE_SUMS = {  # sum of grey levels; weighted by sample index, by row index, by column index
     ("val", 240, 64, 0, True): (364910290, 43934543797, 11848962937, 11839158447),
