@@ -30,7 +30,8 @@ the order, so a burst of machine noise does not hit one model only):
 
 - latency: one forward pass of one image, eval mode, ``no_grad``, channels_last, fp32, in ms;
 - training: forward + backward + SGD step (momentum 0.9), training mode, channels_last, batch 16
-  on the CPU (fp32) or 128 on CUDA (bf16 autocast where the GPU computes bf16 natively, else fp32),
+  on the CPU (fp32) or 128 on CUDA (bf16 autocast where the GPU computes bf16 natively, else fp16
+  autocast with a GradScaler),
   in images/s. On CUDA also the peak memory one training step adds.
 
 The CPU is always measured; CUDA too when the device is a GPU (timed regions are synchronised).
@@ -371,7 +372,10 @@ def measure_device(
             device=str(device),
             clock=clock_name,
             train_batch=batch_size,
-            train_precision="bf16 autocast" if w.amp == torch.bfloat16 else "fp32",
+            train_precision={
+                torch.bfloat16: "bf16 autocast",
+                torch.float16: "fp16 autocast + GradScaler",
+            }.get(w.amp, "fp32"),
             warmup=warmup,
             latency_ms=[s * 1e3 for s in latency[n]],
             train_images_per_s=[batch_size / s for s in training[n]],
