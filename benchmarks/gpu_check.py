@@ -116,8 +116,14 @@ def main() -> int:
         f"- GPU: {torch.cuda.get_device_name(0)} (compute capability "
         f"{'.'.join(map(str, torch.cuda.get_device_capability(0)))}), {gpus} GPU(s)",
         f"- {machine_description(torch.device('cuda'))}; CUDA {torch.version.cuda}",
-        f"- torchrun ran on: {ddp_device}"
-        + ("" if gpus >= 2 else " (one GPU only, and each process needs a GPU of its own)"),
+        *(
+            [
+                f"- torchrun ran on: {ddp_device}"
+                + ("" if gpus >= 2 else " (one GPU only, and each process needs a GPU of its own)")
+            ]
+            if "torchrun" in wanted
+            else []
+        ),
         "",
         "| step | result | seconds | log |",
         "|---|---|---|---|",

@@ -596,11 +596,22 @@ class _Run:
             raise FloatingPointError(f"the training loss is {loss} {where}; lower lr (now {lr})")
         return loss, accuracy
 
-    def save(self, path: Path) -> None:
-        """Write a temporary file, then rename it: never a half-written checkpoint."""
+    def gather_rng(self) -> list[dict] | None:
+        """Every rank's generator states, on every rank (a collective: all ranks must call it);
+        None in a single process."""
+        if self.world == 1:
+            return None
+        states = [None] * self.world
+        dist.all_gather_object(states, self.rng)
+        return states
+
+    def save(self, path: Path, rng_ranks: list[dict] | None = None) -> None:
+        """Write a temporary file, then rename it: never a half-written checkpoint. `rng_ranks`
+        (from `gather_rng`) lets each rank of a resumed DDP run restore its own random stream."""
         state = {name: getattr(self, name).state_dict() for name in self.PARTS}
         state.update(ema=None if self.ema is None else self.ema.module.state_dict())
         state.update(ema_updates=0 if self.ema is None else self.ema.updates, rng=self.rng)
+        state.update(rng_ranks=rng_ranks)  # every rank's generators (end of epoch, under DDP)
         state.update(epoch=self.epoch, step=self.step, totals=self.totals.cpu())
         state.update(history=list(self.history), format=CHECKPOINT_FORMAT)
         state.update(model_signature=model_signature(self.model), train_config=asdict(self.config))
@@ -634,9 +645,19 @@ class _Run:
         self.epoch, self.step, self.rng = checkpoint["epoch"], checkpoint["step"], checkpoint["rng"]
         self.totals = checkpoint["totals"].to(self.device)
         self.history = History(checkpoint["history"])
+        ranks = checkpoint.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.world:
+            self.rng = ranks[self.rank]  # each rank continues its own stream: as if never stopped
         torch.set_rng_state(self.rng["cpu"])
         if self.device.type == "cuda" and self.rng["cuda"] is not None:
             torch.cuda.set_rng_state(self.rng["cuda"], self.device)
+        if self.rank > 0 and (ranks is None or len(ranks) != self.world):
+            # Saved mid-epoch by rank 0 alone, or by another number of processes: rank 0's stream
+            # is all there is. Give each other rank its own (reproducible, but not the stream an
+            # uninterrupted run would have drawn), never a copy of rank 0's.
+            global_step = self.epoch * self.steps + self.step
+            torch.manual_seed(self.config.seed + self.rank + 1_000_003 * (1 + global_step))
+            self.rng = self.rng_state()
 
 
 def fit(model, train_data, val_data=None, config=None, on_step=None, on_epoch=None, **overrides):
@@ -676,8 +697,9 @@ def fit(model, train_data, val_data=None, config=None, on_step=None, on_epoch=No
                 run.history.append(record)
                 run.epoch, run.step, run.rng = run.epoch + 1, 0, run.rng_state()
                 run.totals.zero_()
+                rng_ranks = run.gather_rng() if path is not None else None  # all ranks take part
                 if path is not None and run.rank == 0:
-                    run.save(path)
+                    run.save(path, rng_ranks)
                 if run.rank == 0 and on_epoch is not None:
                     on_epoch(run.history)
                 if run.rank == 0 and config.progress:

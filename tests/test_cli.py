@@ -164,3 +164,6 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "history.json"]
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 1 and checkpoint["history"][0]["epoch"] == 1
+    ranks = checkpoint["rng_ranks"]  # each rank's stream, so that each resumes its own
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["cpu"], ranks[1]["cpu"])
+    assert torch.equal(ranks[0]["cpu"], checkpoint["rng"]["cpu"])

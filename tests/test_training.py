@@ -536,3 +536,29 @@ def test_torchrun_gives_each_process_its_own_gpu(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK")  # two processes, and none knows its GPU: not GPU 0 for all
     with pytest.raises(ValueError, match="LOCAL_RANK"):
         training.process_device("cuda")
+
+
+def test_each_rank_resumes_its_own_random_stream(tmp_path, monkeypatch):
+    import effnet_edu.training as training
+
+    fit(tiny_model(), easy_data(32), config=run_config(tmp_path, epochs=1))
+    path = tmp_path / "checkpoint.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["rng_ranks"] is None  # one process: its stream is checkpoint["rng"]
+    streams = [torch.Generator().manual_seed(s).get_state() for s in (11, 12)]
+    checkpoint["rng_ranks"] = [{"cpu": s, "cuda": None} for s in streams]  # as two ranks save it
+    torch.save(checkpoint, path)
+
+    def resumed_state(rank, world):
+        monkeypatch.setattr(training, "distributed_info", lambda: (rank, world))
+        config = run_config(tmp_path, epochs=1)
+        run = training._Run(tiny_model(), config, torch.device("cpu"), steps=5)
+        run.resume(path)
+        return torch.get_rng_state()
+
+    assert torch.equal(resumed_state(0, 2), streams[0])
+    assert torch.equal(resumed_state(1, 2), streams[1])
+    # Saved by another number of processes (or mid-epoch, by rank 0 alone): rank 0 continues the
+    # saved stream, any other rank draws its own, never a copy of rank 0's.
+    assert torch.equal(resumed_state(0, 3), checkpoint["rng"]["cpu"])
+    assert not torch.equal(resumed_state(2, 3), checkpoint["rng"]["cpu"])
