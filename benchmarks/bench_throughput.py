@@ -206,6 +206,9 @@ class Runner:
         memory_format = torch.channels_last if setting.channels_last else torch.contiguous_format
         self.model = self.model.to(device, memory_format=memory_format)
         self.optimizer = build_optimizer(self.model, config) if training else None
+        # fp16 (CUDA GPUs without native bf16) trains with a gradient scaler, as `fit` does.
+        fp16 = training and setting.amp == torch.float16
+        self.scaler = torch.amp.GradScaler(device.type) if fp16 else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.call = torch.compile(self.model) if setting.compile else self.model
         self.hooks = contextlib.ExitStack()  # the CPU bf16 policy, for this runner's lifetime
@@ -230,8 +233,13 @@ class Runner:
             logits = self.call(self.images)
             loss = self.criterion(logits.float(), self.labels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
 
     def seconds_per_step(self, steps: int, clock=time.perf_counter) -> float:
         synchronize(self.device)
@@ -470,6 +478,8 @@ def main(argv: list[str] | None = None) -> str:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = args.device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     command = "python " + " ".join(
         shlex.quote(a) for a in ["benchmarks/bench_throughput.py", *sys.argv[1:]]
     )

@@ -85,6 +85,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{model_config.name} on {args.dataset} at {resolution} px: {len(train)} training / "
             f"{len(val)} validation images, {len(classes)} classes, {world} process(es)"
         )
+    if ee.select_device(args.device).type == "cuda":  # as notebook 04's GPU branch does
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its kernels once
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (Ampere+)
+        torch.backends.cudnn.allow_tf32 = True
     history = ee.fit(model, train, val, config)
     if rank == 0:
         run = {"model": model_config.name, "dataset": args.dataset, "resolution": resolution}

@@ -49,7 +49,15 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
 
 def process_device(device: str = "auto") -> torch.device:
     """`select_device`, and under torchrun on GPUs the GPU of this process (cuda:LOCAL_RANK):
-    "cuda:N" there would put every rank on one GPU, so it is refused."""
+    "cuda:N" there would put every rank on one GPU, so it is refused. A GPU chosen is made the
+    current one (collectives such as all_gather_object use the current GPU)."""
+    chosen = _process_device(device)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
+    return chosen
+
+
+def _process_device(device: str) -> torch.device:
     chosen, (_, world) = select_device(device), distributed_info()
     if world == 1 or chosen.type != "cuda":
         return chosen
@@ -279,16 +287,19 @@ class RMSpropTF(torch.optim.Optimizer):
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD (Nesterov), AdamW, PyTorch's RMSProp, or `RMSpropTF` with the paper's decay 0.9 and
-    momentum 0.9 (Section 5.2) and the official code's epsilon 1e-3; as in the official code, no
-    weight decay on 1-d parameters (BatchNorm's weights, all biases)."""
+    momentum 0.9 (Section 5.2) and the official code's epsilon 1e-3. No weight decay on 1-d
+    parameters (BatchNorm's and all biases: the official code exempts BatchNorm's alone; biases
+    too is the common PyTorch recipe). On a GPU, SGD and AdamW are the fused versions: one kernel
+    per step, and with fp16 the gradient scaler's overflow check stays on the GPU."""
     params = [p for p in model.parameters() if p.requires_grad]
+    fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}
     groups = [
         {"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
     ]
     optimizer, options = {
-        "sgd": (torch.optim.SGD, {"momentum": config.momentum, "nesterov": True}),
-        "adamw": (torch.optim.AdamW, {}),
+        "sgd": (torch.optim.SGD, {"momentum": config.momentum, "nesterov": True, **fused}),
+        "adamw": (torch.optim.AdamW, fused),
         "rmsprop": (torch.optim.RMSprop, {"momentum": config.momentum}),
         "rmsprop_tf": (RMSpropTF, {"decay": 0.9, "eps": 1e-3, "momentum": 0.9}),
     }[config.optimizer]
@@ -546,7 +557,8 @@ class _Run:
 
     def rng_state(self) -> dict:
         cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        return {"cpu": torch.get_rng_state(), "cuda": cuda}
+        mps = torch.mps.get_rng_state() if self.device.type == "mps" else None
+        return {"cpu": torch.get_rng_state(), "cuda": cuda, "mps": mps}
 
     def train_epoch(self, net: nn.Module, loader: DataLoader, on_step) -> dict:
         """Train from step `step` of epoch `epoch` to the epoch's end; returns its record."""
@@ -651,6 +663,8 @@ class _Run:
         torch.set_rng_state(self.rng["cpu"])
         if self.device.type == "cuda" and self.rng["cuda"] is not None:
             torch.cuda.set_rng_state(self.rng["cuda"], self.device)
+        if self.device.type == "mps" and self.rng.get("mps") is not None:
+            torch.mps.set_rng_state(self.rng["mps"])
         if self.rank > 0 and (ranks is None or len(ranks) != self.world):
             # Saved mid-epoch by rank 0 alone, or by another number of processes: rank 0's stream
             # is all there is. Give each other rank its own (reproducible, but not the stream an

@@ -421,11 +421,18 @@ def test_fit_trains_the_same_from_tensors_as_from_a_dataloader():
     assert losses == losses_dl and all(torch.equal(first[k], second[k]) for k in first)
 
 
-def test_training_step_does_not_wait_for_the_device(monkeypatch):
+@pytest.mark.parametrize("source", ["DataLoader", "TensorLoader"])
+def test_training_step_does_not_wait_for_the_device(monkeypatch, source):
     # Every read of a tensor's value into Python (item, tolist, bool, float, int) makes the CPU
-    # wait for the GPU. Count them all: a few per logging interval and epoch, none per step.
+    # wait for the GPU. Count them all: a few per logging interval and epoch, none per step. Both
+    # data paths: samples one at a time (DataLoader) and data already in tensors (TensorLoader,
+    # what the synthetic sets use, on the GPU too).
     import effnet_edu.training as training
 
+    if source == "DataLoader":
+        data, model = easy_data(320), tiny_model()
+    else:
+        data, model = ee.SyntheticObjects("train", 320, 32, seed=1), tiny_model(num_classes=24)
     reads = {"count": 0}
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy"):
         original = getattr(torch.Tensor, name)
@@ -438,11 +445,11 @@ def test_training_step_does_not_wait_for_the_device(monkeypatch):
     monkeypatch.setattr(training, "LOG_EVERY", 10)
     torch.manual_seed(0)
     epochs, steps = 2, 20
-    fit(tiny_model(), easy_data(320), epochs=epochs, batch_size=16, optimizer="sgd", amp="off",
-        progress=False)  # fmt: skip
+    fit(model, data, epochs=epochs, batch_size=16, optimizer="sgd", amp="off", progress=False)
     # per epoch: the running means every 10 steps (2) and at the end of the epoch (1); on the CPU
-    # side, the loader's seed for the epoch and the sampler's order (2), which never touch the GPU
-    assert reads["count"] == epochs * (steps // 10 + 1 + 2)
+    # side, the sampler's order and (DataLoader only) the loader's seed, which never touch the GPU
+    cpu_side = 2 if source == "DataLoader" else 1
+    assert reads["count"] == epochs * (steps // 10 + 1 + cpu_side)
 
 
 def test_loaders_are_built_once_with_persistent_workers(monkeypatch):
@@ -526,10 +533,13 @@ def test_each_rank_draws_its_own_random_numbers(monkeypatch):
 def test_torchrun_gives_each_process_its_own_gpu(monkeypatch):
     import effnet_edu.training as training
 
+    current = []  # the GPU made current: collectives (all_gather_object) put their data there
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
     monkeypatch.setattr(training, "select_device", lambda device: torch.device(device))
     monkeypatch.setattr(training, "distributed_info", lambda: (1, 2))
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert training.process_device("cuda") == torch.device("cuda", 1)
+    assert current == [torch.device("cuda", 1)]
     with pytest.raises(ValueError, match="one GPU"):
         training.process_device("cuda:0")
     assert training.process_device("cpu") == torch.device("cpu")
@@ -562,3 +572,12 @@ def test_each_rank_resumes_its_own_random_stream(tmp_path, monkeypatch):
     # saved stream, any other rank draws its own, never a copy of rank 0's.
     assert torch.equal(resumed_state(0, 3), checkpoint["rng"]["cpu"])
     assert not torch.equal(resumed_state(2, 3), checkpoint["rng"]["cpu"])
+
+
+def test_fp16_training_turns_on_the_gradient_scaler(monkeypatch):
+    import effnet_edu.training as training
+
+    config, cpu = TrainConfig(amp="off", progress=False), torch.device("cpu")
+    assert not training._Run(tiny_model(), config, cpu, steps=1).scaler.is_enabled()
+    monkeypatch.setattr(training, "autocast_dtype", lambda device, amp: torch.float16)  # a T4
+    assert training._Run(tiny_model(), config, cpu, steps=1).scaler.is_enabled()
