@@ -274,8 +274,14 @@ class EfficientNet(nn.Module):
         self.gradient_checkpointing = False
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """torchvision's initialisation: He (fan-out) for convs, U(+-1/sqrt(out)) for the FC."""
+    def reset_parameters(self, zero_init_residual: bool = False) -> None:
+        """torchvision's initialisation: He (fan-out) for convs, U(+-1/sqrt(out)) for the FC.
+
+        ``zero_init_residual=True`` also sets to zero the scale (gamma) of the last BatchNorm in
+        every block that has a residual connection, so that each such block starts as the
+        identity and the network starts as shallow as its non-residual blocks (Goyal et al.,
+        2017; torchvision's ResNet has the same option). Not in the official EfficientNet code
+        or torchvision's EfficientNet; the scale study uses it (docs/scale_study.md)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
@@ -288,6 +294,17 @@ class EfficientNet(nn.Module):
                 bound = 1.0 / math.sqrt(m.out_features)
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            self.zero_init_residual_()
+
+    @torch.no_grad()
+    def zero_init_residual_(self) -> None:
+        """Set to zero the last BatchNorm scale of every residual block's branch (in place): the
+        block then computes x + 0 = x until training moves that scale."""
+        for block in self.stages.modules():
+            if isinstance(block, (MBConv, FusedMBConv)) and block.use_residual:
+                last = block.project if block.project is not None else block.fused
+                nn.init.zeros_(last.bn.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # (B, stem, H/2, W/2)
@@ -391,7 +408,12 @@ def efficientnet_config(
 
 
 def efficientnet(
-    variant: str | None = None, *, gradient_checkpointing: bool = False, pretrained=False, **options
+    variant: str | None = None,
+    *,
+    gradient_checkpointing: bool = False,
+    zero_init_residual: bool = False,
+    pretrained=False,
+    **options,
 ) -> EfficientNet:
     """Build an untrained EfficientNet in one of three ways.
 
@@ -405,10 +427,16 @@ def efficientnet(
     variant's), `stochastic_depth` (the last block's drop probability, paper default 0.2),
     `activation`, and `alpha`, `beta`, `gamma` for phi. ``gradient_checkpointing=True``
     recomputes each stage in backward instead of storing its activations (less memory, more
-    compute). ImageNet weights: `effnet_edu.efficientnet(..., pretrained=True)` (`pretrained.py`).
+    compute). ``zero_init_residual=True`` starts every residual block as the identity (see
+    `EfficientNet.reset_parameters`). ImageNet weights: `effnet_edu.efficientnet(...,
+    pretrained=True)` (`pretrained.py`).
     """
     _untrained_only(pretrained)
+    if not isinstance(zero_init_residual, bool):
+        raise ValueError(f"zero_init_residual must be True or False, got {zero_init_residual!r}")
     model = EfficientNet(efficientnet_config(variant, **options))
+    if zero_init_residual:
+        model.zero_init_residual_()
     model.gradient_checkpointing = bool(gradient_checkpointing)
     return model
 

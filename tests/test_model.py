@@ -211,3 +211,34 @@ def test_interfaces_kept_from_before_the_redesign():
         model.efficientnet("b0", pretrained=True)  # weights live in effnet_edu.pretrained
     with pytest.raises(ValueError, match="alpha, beta, gamma only apply with phi"):
         ee.efficientnet(depth=2.0, alpha=1.3)
+
+
+@pytest.mark.parametrize("variant", ["b0", "v2"])
+def test_zero_init_residual_starts_every_residual_block_as_the_identity(variant):
+    def build(zero):
+        torch.manual_seed(0)
+        if variant == "b0":
+            return ee.efficientnet("b0", zero_init_residual=zero).eval()
+        model = ee.efficientnet_v2("s")  # Fused-MBConv too, with and without a projection
+        if zero:
+            model.zero_init_residual_()
+        return model.eval()
+
+    plain, zeroed = build(False), build(True)
+    blocks = [b for b in zeroed.stages.modules() if isinstance(b, ee.MBConv | ee.FusedMBConv)]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        x = zeroed.stem(x)
+        for block in blocks:  # block by block: a residual block passes its input through
+            y = block(x)
+            assert torch.equal(y, x) == block.use_residual
+            x = y
+    residual = sum(b.use_residual for b in blocks)
+    assert residual > 0 and residual < len(blocks)
+    # Only those scales differ from the default initialisation, and the same seed draws the rest.
+    differ = [
+        k for k, v in plain.state_dict().items() if not torch.equal(v, zeroed.state_dict()[k])
+    ]
+    assert len(differ) == residual and all(k.endswith(".bn.weight") for k in differ)
+    with pytest.raises(ValueError, match="zero_init_residual"):
+        ee.efficientnet("b0", zero_init_residual="yes")

@@ -222,3 +222,14 @@ def test_parallel_workers_give_the_serial_results(tmp_path):
     assert key == sorted(
         json.dumps({k: v for k, v in r.items() if k not in drop}, sort_keys=True) for r in parallel
     )
+
+
+def test_learning_rate_falls_with_width_and_only_with_width():
+    base, recipe = Baseline(), Recipe()
+    assert recipe.model_lr(base.width, base) == recipe.lr  # the baseline, depth and resolution
+    assert recipe.model_lr(2 * base.width, base) == pytest.approx(recipe.lr / 2)
+    plain = Recipe(lr_scales_with_width=False)
+    assert plain.model_lr(2 * base.width, base) == plain.lr
+    for job in plan(PRESETS["full"], ours=(1.0, 1.0, 2**0.5)):  # every model the study trains
+        lr = recipe.model_lr(job.width, base)
+        assert (lr < recipe.lr) == (job.width > base.width) and lr <= recipe.lr
