@@ -119,7 +119,12 @@ def main() -> int:
         *(
             [
                 f"- torchrun ran on: {ddp_device}"
-                + ("" if gpus >= 2 else " (one GPU only, and each process needs a GPU of its own)")
+                + (
+                    ""
+                    if gpus >= 2
+                    else " (one GPU only, and each process needs a GPU of its own: two CPU "
+                    "processes over gloo, so NCCL and DDP on CUDA were not exercised)"
+                )
             ]
             if "torchrun" in wanted
             else []
