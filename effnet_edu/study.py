@@ -32,7 +32,7 @@ FAMILY_COLORS = dict(  # one colour per scaling method, in every figure of the p
     baseline="#555555",
     depth="#1f77b4",
     width="#ff7f0e",
-    resolution="#2ca02c",
+    resolution="#17becf",  # cyan: green is EfficientNet itself in the big-picture figures
     compound="#d62728",
     compound_paper="#9467bd",
 )
