@@ -17,6 +17,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from functools import cache
 from pathlib import Path
 
@@ -720,6 +721,30 @@ def paired_bootstrap(
         (diffs <= 0).double().mean().item() if observed > 0 else (diffs >= 0).double().mean().item()
     )
     return {"difference": observed, "low": low, "high": high, "other_side": other_side}
+
+
+def mcnemar(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Exact McNemar test of two models scored on the same images (one seed each).
+
+    a, b: (images,) bool, right or wrong per image. Only the images on which they disagree carry
+    information: `only_a` right by a alone, `only_b` by b alone. If both models were equally
+    accurate, each disagreement would go either way with probability 1/2, so the two-sided exact
+    p-value is min(1, 2 P(X <= min(only_a, only_b))) for X ~ Binomial(only_a + only_b, 1/2)."""
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    if a.ndim != 1 or a.shape != b.shape or a.dtype != torch.bool or b.dtype != torch.bool:
+        raise ValueError(
+            f"need two (images,) bool tensors over the same images; got {a.dtype} {tuple(a.shape)}"
+            f" and {b.dtype} {tuple(b.shape)}"
+        )
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    n, k = only_a + only_b, min(only_a, only_b)
+    tail = Fraction(sum(math.comb(n, i) for i in range(k + 1)), 2**n)  # exact, then one rounding
+    return {
+        "only_a": only_a,
+        "only_b": only_b,
+        "difference": (only_a - only_b) / a.numel(),
+        "p": float(min(Fraction(1), 2 * tail)),
+    }
 
 
 def summarize(rows: list[dict]) -> list[dict]:

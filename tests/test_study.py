@@ -233,3 +233,28 @@ def test_learning_rate_falls_with_width_and_only_with_width():
     for job in plan(PRESETS["full"], ours=(1.0, 1.0, 2**0.5)):  # every model the study trains
         lr = recipe.model_lr(job.width, base)
         assert (lr < recipe.lr) == (job.width > base.width) and lr <= recipe.lr
+
+
+def test_mcnemar_against_hand_computations_and_scipy():
+    from scipy.stats import binomtest
+
+    from effnet_edu.study import mcnemar
+
+    def pair(only_a, only_b, both=5, neither=3):
+        a = [True] * only_a + [False] * only_b + [True] * both + [False] * neither
+        b = [False] * only_a + [True] * only_b + [True] * both + [False] * neither
+        return torch.tensor(a), torch.tensor(b)
+
+    result = mcnemar(*pair(3, 0))  # n = 3 disagreements, all one way: p = 2 / 2^3
+    assert (result["only_a"], result["only_b"], result["p"]) == (3, 0, 0.25)
+    assert result["difference"] == pytest.approx(3 / 11)
+    assert mcnemar(*pair(5, 5))["p"] == 1.0
+    assert mcnemar(*pair(10, 2))["p"] == pytest.approx(2 * (1 + 12 + 66) / 2**12)
+    assert mcnemar(*pair(0, 0))["p"] == 1.0  # no disagreement: no evidence either way
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2000, generator=g) < 0.7, torch.rand(2000, generator=g) < 0.65
+    result = mcnemar(a, b)
+    n = result["only_a"] + result["only_b"]
+    assert result["p"] == pytest.approx(binomtest(result["only_a"], n, 0.5).pvalue, rel=1e-9)
+    with pytest.raises(ValueError, match="bool"):
+        mcnemar(a.float(), b)
