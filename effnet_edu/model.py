@@ -272,16 +272,19 @@ class EfficientNet(nn.Module):
         self.classifier = nn.Linear(config.head_channels, config.num_classes)
         # Activation checkpointing per stage: trades recomputation for training memory.
         self.gradient_checkpointing = False
+        self.zero_init_residual = False  # set by zero_init_residual_(); reset_parameters keeps it
         self.reset_parameters()
 
-    def reset_parameters(self, zero_init_residual: bool = False) -> None:
+    def reset_parameters(self, zero_init_residual: bool | None = None) -> None:
         """torchvision's initialisation: He (fan-out) for convs, U(+-1/sqrt(out)) for the FC.
 
-        ``zero_init_residual=True`` also sets to zero the scale (gamma) of the last BatchNorm in
-        every block that has a residual connection, so that each such block starts as the
-        identity and the network starts as shallow as its non-residual blocks (Goyal et al.,
-        2017; torchvision's ResNet has the same option). Not in the official EfficientNet code
-        or torchvision's EfficientNet; the scale study uses it (docs/scale_study.md)."""
+        ``zero_init_residual=True`` (default: as the model was built) also sets to zero the
+        scale (gamma) of the last BatchNorm in every block that has a residual connection, so
+        that each such block starts as the identity and the network starts as shallow as its
+        non-residual blocks (Goyal et al., 2017, and torchvision's ResNet zero this scale;
+        SkipInit, De & Smith 2020, and Fixup, Zhang et al. 2019, analyse why it lets deep
+        residual networks train). Not in the official EfficientNet code or torchvision's
+        EfficientNet; the scale study uses it (docs/scale_study.md)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
@@ -294,13 +297,14 @@ class EfficientNet(nn.Module):
                 bound = 1.0 / math.sqrt(m.out_features)
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
-        if zero_init_residual:
+        if self.zero_init_residual if zero_init_residual is None else zero_init_residual:
             self.zero_init_residual_()
 
     @torch.no_grad()
     def zero_init_residual_(self) -> None:
         """Set to zero the last BatchNorm scale of every residual block's branch (in place): the
         block then computes x + 0 = x until training moves that scale."""
+        self.zero_init_residual = True
         for block in self.stages.modules():
             if isinstance(block, (MBConv, FusedMBConv)) and block.use_residual:
                 last = block.project if block.project is not None else block.fused

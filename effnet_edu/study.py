@@ -77,7 +77,8 @@ class Baseline:
 
 @dataclass(frozen=True)
 class Recipe:
-    """How every model of a study is trained: the same for all, as in the paper."""
+    """How every model of a study is trained: one rule for all. Unlike the paper's single recipe,
+    the learning rate falls with the model's width (`lr_scales_with_width`, `model_lr`)."""
 
     epochs: int = 20
     images_per_epoch: int = 4000  # fresh synthetic images every epoch: no overfitting
@@ -99,8 +100,9 @@ class Recipe:
     zero_init_residual: bool = True
     # AdamW moves every weight by about lr per step, so a layer with k times the input channels
     # changes its output about k times as much: a learning rate tuned on the baseline is too high
-    # for wider models. With this on, each model trains at lr * (baseline width / its width)
-    # (muP's rule, Yang et al. 2022, in its simplest form; docs/scale_study.md, pilots).
+    # for wider models. With this on, each model trains at lr * (baseline width / its width): a
+    # heuristic after muP's rule for hidden layers (Yang et al. 2022), not muP itself
+    # (docs/scale_study.md, pilots).
     lr_scales_with_width: bool = True
     device: str = "cpu"
     amp: str = "off"  # fp32: deterministic, and on this CPU faster than bf16 for small models

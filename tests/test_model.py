@@ -242,3 +242,12 @@ def test_zero_init_residual_starts_every_residual_block_as_the_identity(variant)
     assert len(differ) == residual and all(k.endswith(".bn.weight") for k in differ)
     with pytest.raises(ValueError, match="zero_init_residual"):
         ee.efficientnet("b0", zero_init_residual="yes")
+
+
+def test_reset_parameters_keeps_the_zero_init_the_model_was_built_with():
+    model = ee.efficientnet("b0", zero_init_residual=True)
+    residual = [b for b in model.stages.modules() if isinstance(b, ee.MBConv) and b.use_residual]
+    model.reset_parameters()
+    assert all(torch.all(b.project.bn.weight == 0) for b in residual)
+    model.reset_parameters(zero_init_residual=False)
+    assert all(torch.all(b.project.bn.weight == 1) for b in residual)

@@ -258,3 +258,21 @@ def test_mcnemar_against_hand_computations_and_scipy():
     assert result["p"] == pytest.approx(binomtest(result["only_a"], n, 0.5).pvalue, rel=1e-9)
     with pytest.raises(ValueError, match="bool"):
         mcnemar(a.float(), b)
+
+
+def test_train_job_trains_at_the_model_learning_rate_and_records_it(monkeypatch):
+    import effnet_edu.study as study
+    import effnet_edu.training as training
+
+    seen = {}
+
+    def fake_fit(model, train, val, config):  # the config train_job hands to fit, no training
+        seen["lr"] = config.lr
+        return [{"accuracy": 0.0, "val_accuracy": 0.0}]
+
+    monkeypatch.setattr(training, "fit", fake_fit)
+    monkeypatch.setattr(study, "attention_of", lambda *args, **kwargs: {})
+    recipe, base = Recipe(images_per_epoch=8, val_images=8, test_images=8), Baseline()
+    job = study._job(base, "scaling", "matched", "width", 2, DIRECTIONS["width"], 0, 1)
+    row = study.train_job(job, recipe, base)
+    assert seen["lr"] == row["lr"] == pytest.approx(recipe.lr * base.width / job.width)
