@@ -77,8 +77,7 @@ class Baseline:
 
 @dataclass(frozen=True)
 class Recipe:
-    """How every model of a study is trained: one rule for all. Unlike the paper's single recipe,
-    the learning rate falls with the model's width (`lr_scales_with_width`, `model_lr`)."""
+    """How every model of a study is trained: the same for all, as in the paper."""
 
     epochs: int = 20
     images_per_epoch: int = 4000  # fresh synthetic images every epoch: no overfitting
@@ -90,34 +89,22 @@ class Recipe:
     dropout: float = 0.1
     val_images: int = 2000  # picks the grid's winner; its first 1,000 give the learning curves
     test_images: int = 2000  # scores step 2, the same images for every model (paired)
-    distractors: bool = (
-        False  # the easier task: no clutter, stronger textures (docs/scale_study.md)
-    )
-    texture_amplitude: float = 0.5
+    distractors: bool = True  # the package's default data: distractor shapes and lines
+    texture_amplitude: float = 0.25
     # Every residual block starts as the identity (`EfficientNet.zero_init_residual_`): with the
     # default initialisation, deeper models learnt several times more slowly per image in 80,000
     # images; with it, depth x2 learns as fast as the baseline (docs/scale_study.md, pilots).
     zero_init_residual: bool = True
-    # AdamW moves every weight by about lr per step, so a layer with k times the input channels
-    # changes its output about k times as much: a learning rate tuned on the baseline is too high
-    # for wider models. With this on, each model trains at lr * (baseline width / its width): a
-    # heuristic after muP's rule for hidden layers (Yang et al. 2022), not muP itself
-    # (docs/scale_study.md, pilots).
-    lr_scales_with_width: bool = True
     device: str = "cpu"
     amp: str = "off"  # fp32: deterministic, and on this CPU faster than bf16 for small models
 
-    def model_lr(self, width: float, base: Baseline) -> float:
-        """The learning rate of a model of this width multiplier (see `lr_scales_with_width`)."""
-        return self.lr * base.width / width if self.lr_scales_with_width else self.lr
-
-    def train_config(self, seed: int, epochs: int, lr: float | None = None):
+    def train_config(self, seed: int, epochs: int):
         from .training import TrainConfig
 
         return TrainConfig(
             epochs=epochs,
             batch_size=self.batch_size,
-            lr=self.lr if lr is None else lr,
+            lr=self.lr,
             optimizer="adamw",
             weight_decay=self.weight_decay,
             schedule="cosine",
@@ -395,8 +382,7 @@ def train_job(job: Job, recipe: Recipe, base: Baseline, models_dir: Path | None 
     curve_set = SyntheticObjects("val", min(1000, recipe.val_images), r, **options)  # its start
     torch.manual_seed(job.seed)
     model = build(job, recipe)
-    lr = recipe.model_lr(job.width, base)
-    config = recipe.train_config(job.seed, job.epochs, lr)
+    config = recipe.train_config(job.seed, job.epochs)
     start, cpu_start = time.perf_counter(), time.process_time()
     history = fit(model, train, curve_set, config)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -409,7 +395,7 @@ def train_job(job: Job, recipe: Recipe, base: Baseline, models_dir: Path | None 
         "flops_ratio": flops / base_flops,
         "params": sum(p.numel() for p in model.parameters()),
         "final_map": final_map(r),
-        "lr": lr,
+        "lr": config.lr,
         "val_accuracy": (val_predictions == val.labels).double().mean().item(),
         "test_accuracy": (test_predictions == test.labels).double().mean().item(),
         "train_accuracy": history[-1]["accuracy"],

@@ -224,17 +224,6 @@ def test_parallel_workers_give_the_serial_results(tmp_path):
     )
 
 
-def test_learning_rate_falls_with_width_and_only_with_width():
-    base, recipe = Baseline(), Recipe()
-    assert recipe.model_lr(base.width, base) == recipe.lr  # the baseline, depth and resolution
-    assert recipe.model_lr(2 * base.width, base) == pytest.approx(recipe.lr / 2)
-    plain = Recipe(lr_scales_with_width=False)
-    assert plain.model_lr(2 * base.width, base) == plain.lr
-    for job in plan(PRESETS["full"], ours=(1.0, 1.0, 2**0.5)):  # every model the study trains
-        lr = recipe.model_lr(job.width, base)
-        assert (lr < recipe.lr) == (job.width > base.width) and lr <= recipe.lr
-
-
 def test_mcnemar_against_hand_computations_and_scipy():
     from scipy.stats import binomtest
 
@@ -260,7 +249,7 @@ def test_mcnemar_against_hand_computations_and_scipy():
         mcnemar(a.float(), b)
 
 
-def test_train_job_trains_at_the_model_learning_rate_and_records_it(monkeypatch):
+def test_train_job_trains_at_the_recipe_learning_rate_and_records_it(monkeypatch):
     import effnet_edu.study as study
     import effnet_edu.training as training
 
@@ -275,4 +264,4 @@ def test_train_job_trains_at_the_model_learning_rate_and_records_it(monkeypatch)
     recipe, base = Recipe(images_per_epoch=8, val_images=8, test_images=8), Baseline()
     job = study._job(base, "scaling", "matched", "width", 2, DIRECTIONS["width"], 0, 1)
     row = study.train_job(job, recipe, base)
-    assert seen["lr"] == row["lr"] == pytest.approx(recipe.lr * base.width / job.width)
+    assert seen["lr"] == row["lr"] == recipe.lr  # the same for every model, as in the paper
