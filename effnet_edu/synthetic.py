@@ -252,9 +252,9 @@ class SyntheticObjects(Dataset):
     uint8, `labels` (N,), `masks` (N, 1, R, R) bool and, in pixels, the discs' `centres` (N, 3, 2)
     as (x, y), `radii` (N,), `boxes` (N, 4) as (x0, y0, x1, y1); `classes` ("line-warm-stripes",
     ...), `class_factors`, `class_groups`. A `seed` gives the same bits (on one machine and PyTorch
-    version) whatever `num_samples` and `resolution`. An easier task (the scale study's):
-    `distractors=False` omits shapes and lines, a larger `texture_amplitude` makes textures
-    stronger (default 0.25: +-brightness before the pixel blur)."""
+    version) whatever `num_samples` and `resolution`. An easier task (the scale study's first
+    run's): `distractors=False` omits shapes and lines, a larger `texture_amplitude` makes
+    textures stronger (default 0.25: +-brightness before the pixel blur)."""
 
     def __init__(
         self,

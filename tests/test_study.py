@@ -25,6 +25,7 @@ from effnet_edu.study import (
     plan,
     run_study,
     scaled_shape,
+    study_data_options,
 )
 from effnet_edu.synthetic import FreshSyntheticObjects
 from effnet_edu.training import TrainConfig, load_checkpoint
@@ -194,9 +195,7 @@ def test_a_stopped_study_resumes_and_equals_one_never_stopped(tmp_path):
             torch.float16
         }
         model, _ = load_checkpoint(path)
-        test = SyntheticObjects(
-            "test", 64, row["resolution"], distractors=False, texture_amplitude=0.5
-        )
+        test = SyntheticObjects("test", 64, row["resolution"], **study_data_options(Recipe()))
         with torch.no_grad():
             accuracy = (model(test.images.float() / 255).argmax(1) == test.labels).double().mean()
         assert math.isclose(accuracy.item(), row["saved_test_accuracy"], abs_tol=0.005)
