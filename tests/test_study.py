@@ -264,3 +264,29 @@ def test_train_job_trains_at_the_recipe_learning_rate_and_records_it(monkeypatch
     job = study._job(base, "scaling", "matched", "width", 2, DIRECTIONS["width"], 0, 1)
     row = study.train_job(job, recipe, base)
     assert seen["lr"] == row["lr"] == recipe.lr  # the same for every model, as in the paper
+
+
+def test_the_full_preset_saves_notebook_05s_models_and_git_keeps_them():
+    # The weights notebook 05 loads: the baseline and every family at 2x, one seed. A .gitignore
+    # that dropped them would lose them with the checkout (as the first run's seed-0 models were).
+    import subprocess
+    from pathlib import Path
+
+    from effnet_edu.study import _is_saved, missing
+
+    full = PRESETS["full"]
+    saved = [j for j in plan(full, DIRECTIONS["width"]) if _is_saved(j, full)]
+    assert sorted((j.family, j.target) for j in saved) == [
+        ("baseline", 1), ("compound_paper", 2), ("depth", 2), ("resolution", 2), ("width", 2),
+    ]  # fmt: skip  (compound = our winner, here the width corner: the width model itself)
+    root = Path(__file__).resolve().parents[1]
+    names = [f"results/scale_study/models/{model_filename(j.family, j.target, j.seed)}" for j in saved]
+    names.append("results/scale_study/models/compound-x2-seed2.pt")
+    ignored = subprocess.run(
+        ["git", "check-ignore", *names], cwd=root, capture_output=True, text=True
+    ).stdout.split()
+    assert ignored == []
+    assert subprocess.run(  # while every other model the study writes stays out of git
+        ["git", "check-ignore", "-q", "results/scale_study/models/depth-x4-seed0.pt"], cwd=root
+    ).returncode == 0
+    assert len(missing([], full)) == len(plan(full))  # nothing trained: all missing
