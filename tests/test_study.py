@@ -276,17 +276,23 @@ def test_the_full_preset_saves_notebook_05s_models_and_git_keeps_them():
 
     full = PRESETS["full"]
     saved = [j for j in plan(full, DIRECTIONS["width"]) if _is_saved(j, full)]
-    assert sorted((j.family, j.target) for j in saved) == [
-        ("baseline", 1), ("compound_paper", 2), ("depth", 2), ("resolution", 2), ("width", 2),
-    ]  # fmt: skip  (compound = our winner, here the width corner: the width model itself)
+    # (compound = our winner, here the width corner: the width model itself)
+    expected = [
+        ("baseline", 1),
+        ("compound_paper", 2),
+        ("depth", 2),
+        ("resolution", 2),
+        ("width", 2),
+    ]
+    assert sorted((j.family, j.target) for j in saved) == expected
     root = Path(__file__).resolve().parents[1]
-    names = [f"results/scale_study/models/{model_filename(j.family, j.target, j.seed)}" for j in saved]
-    names.append("results/scale_study/models/compound-x2-seed2.pt")
+    folder = "results/scale_study/models"
+    names = [f"{folder}/{model_filename(j.family, j.target, j.seed)}" for j in saved]
+    names.append(f"{folder}/compound-x2-seed2.pt")
     ignored = subprocess.run(
         ["git", "check-ignore", *names], cwd=root, capture_output=True, text=True
     ).stdout.split()
     assert ignored == []
-    assert subprocess.run(  # while every other model the study writes stays out of git
-        ["git", "check-ignore", "-q", "results/scale_study/models/depth-x4-seed0.pt"], cwd=root
-    ).returncode == 0
+    other = ["git", "check-ignore", "-q", f"{folder}/depth-x4-seed0.pt"]
+    assert subprocess.run(other, cwd=root).returncode == 0  # every other model stays out of git
     assert len(missing([], full)) == len(plan(full))  # nothing trained: all missing
