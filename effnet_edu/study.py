@@ -709,13 +709,23 @@ def paired_bootstrap(
         )
     g = torch.Generator().manual_seed(seed)
     n = a.shape[1]
-    diffs = torch.empty(samples, dtype=torch.float64)
     a, b = a.double(), b.double()
-    for i in range(samples):
-        images = torch.randint(n, (n,), generator=g)
-        sa = torch.randint(a.shape[0], (a.shape[0],), generator=g)
-        sb = torch.randint(b.shape[0], (b.shape[0],), generator=g)
-        diffs[i] = a[sa][:, images].mean() - b[sb][:, images].mean()
+
+    # Each resample: images drawn with replacement (counted per image) and, for each side, seeds
+    # drawn with replacement (counted per seed); a side's accuracy is then its seed counts times
+    # its right/wrong matrix times the image counts, over (seeds * images). In chunks of samples.
+    def counted(size, k, draws):  # (k, size): how often each index was drawn, per resample
+        picks = torch.randint(size, (k, draws), generator=g)
+        ones = torch.ones(k, draws, dtype=torch.float64)
+        return torch.zeros(k, size, dtype=torch.float64).scatter_add_(1, picks, ones)
+
+    diffs = []
+    for start in range(0, samples, 500):
+        k = min(500, samples - start)
+        images = counted(n, k, n)
+        sides = [((counted(x.shape[0], k, x.shape[0]) @ x) * images).sum(dim=1) for x in (a, b)]
+        diffs.append(sides[0] / (n * a.shape[0]) - sides[1] / (n * b.shape[0]))
+    diffs = torch.cat(diffs)
     observed = (a.mean() - b.mean()).item()
     tail = (1 - confidence) / 2
     low, high = torch.quantile(diffs, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()

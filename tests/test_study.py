@@ -125,6 +125,15 @@ def test_paired_bootstrap_against_hand_computed_cases():
     assert wide["low"] < -0.05 and wide["high"] > 0.05
     with pytest.raises(ValueError, match="the same images"):
         paired_bootstrap(a, a[:, :10])
+    # One seed each: the resampled difference is a mean of n per-image differences, so its
+    # 95 % interval is about observed +- 1.96 * std(d) / sqrt(n) (normal approximation).
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(1, 2000, generator=g) < 0.7, torch.rand(1, 2000, generator=g) < 0.6
+    d = (x.double() - y.double())[0]
+    half = 1.96 * d.std().item() / 2000**0.5
+    r = paired_bootstrap(x, y, samples=4000)
+    assert r["low"] == pytest.approx(d.mean().item() - half, abs=0.15 * half)
+    assert r["high"] == pytest.approx(d.mean().item() + half, abs=0.15 * half)
 
 
 def test_fresh_synthetic_data_changes_every_epoch_and_repeats_per_seed():
