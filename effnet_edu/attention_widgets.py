@@ -175,15 +175,20 @@ class AttentionExplorer(Explorer):
 
 
 class ScaleAttentionExplorer(Explorer):
-    """The scale study's models on the same held-out scenes: Grad-CAMs for the true class, one
-    column per method. models: {(family, FLOPs target): model}, family in `study.FAMILIES`; the
-    baseline (target 1) stands beside every target. datasets: {resolution: SyntheticObjects} of
-    the same scenes at each model's resolution and at `size`, the display size. The "FLOPs"
-    slider picks the target: ×2 is twice the baseline's multiply-adds."""
+    """The scale study's models on the same held-out scenes: Grad-CAMs, one column per method.
+    models: {(family, FLOPs target): model}, family in `study.FAMILIES`; the baseline (target 1)
+    stands beside every target. datasets: {resolution: SyntheticObjects} of the same scenes at
+    each model's resolution and at `size`, the display size. The "FLOPs" slider picks the
+    target: ×2 is twice the baseline's multiply-adds. classes: "predicted" (each model's own top-1
+    class: what it looked at for its answer; the figure marks wrong answers) or "true"."""
 
-    def __init__(self, models, datasets, layer="stage5", indices=(0, 1, 2, 3), size=64):
+    def __init__(
+        self, models, datasets, layer="stage5", indices=(0, 1, 2, 3), size=64, classes="predicted"
+    ):
         for family, _ in models:
             _check_choice("each family in models", family, FAMILIES)
+        _check_choice("classes", classes, ("predicted", "true"))
+        self.classes = classes
         self.models, self.layer, self.indices, self.size = dict(models), layer, list(indices), size
         self.datasets: dict[int, SyntheticObjects] = dict(datasets)
         needed = {m.config.resolution for m in self.models.values()} | {size}
@@ -210,10 +215,15 @@ class ScaleAttentionExplorer(Explorer):
         result = {"target": target, "columns": [k for k in keys if k in self.models], "cams": {}}
         result.update(labels=labels, classes=[scenes.classes[c] for c in labels], images={})
         result["masks"] = scenes.masks[index, 0].numpy()  # (n, size, size) bool
+        result["predicted"] = {}
         for key in result["columns"]:
             model = self.models[key]
             pixels = self.datasets[model.config.resolution].images[index]  # (n, 3, R, R) uint8
-            cams = synthetic_cams(model, pixels, labels, self.layer)  # (n, R, R)
+            with _evaluating(model), torch.no_grad():
+                predicted = model(pixels.float() / 255).argmax(dim=1).tolist()
+            result["predicted"][key] = predicted
+            targets = predicted if self.classes == "predicted" else labels
+            cams = synthetic_cams(model, pixels, targets, self.layer)  # (n, R, R)
             result["cams"][key] = resize_cams(cams, self.size)  # (n, size, size)
             shown = torch.nn.functional.interpolate(pixels.float() / 255, self.size)  # nearest
             result["images"][key] = shown.permute(0, 2, 3, 1).numpy()  # (n, size, size, 3)
@@ -236,6 +246,13 @@ class ScaleAttentionExplorer(Explorer):
                 ax.imshow(overlay(r["images"][key][i], r["cams"][key][i]), interpolation="nearest")
                 ax.contour(r["masks"][i], levels=[0.5], colors="white", linewidths=0.8)
                 ax.set(xticks=[], yticks=[], ylabel=r["classes"][i] if j == 0 else "")
-        fig.suptitle(f"Grad-CAM at {self.layer}, ×{r['target']:g} FLOPs; white: the target discs")
+                guess = r["predicted"][key][i]
+                if guess != r["labels"][i]:  # a wrong answer: say what the model saw instead
+                    name = self.datasets[self.size].classes[guess]
+                    ax.set_xlabel(f"wrong: {name}", fontsize=8, color="red")
+        which = "each model's predicted class" if self.classes == "predicted" else "the true class"
+        fig.suptitle(
+            f"Grad-CAM at {self.layer} for {which}, ×{r['target']:g} FLOPs; white: the target discs"
+        )
         fig.tight_layout()
         return fig

@@ -176,7 +176,9 @@ def test_synthetic_cams_batches_like_one_call(study_models, scenes):
 
 
 def test_scale_explorer_slider_switches_targets(study_models, scenes):
-    explorer = aw.ScaleAttentionExplorer(study_models, scenes, layer="stage3", indices=(0, 1, 2))
+    explorer = aw.ScaleAttentionExplorer(
+        study_models, scenes, layer="stage3", indices=(0, 1, 2), classes="true"
+    )
     assert explorer.targets == [2.0, 4.0] and not explorer.target.disabled
     assert explorer.target.description == "FLOPs" and explorer.target.label == "×2"
     r = explorer.result
@@ -189,6 +191,15 @@ def test_scale_explorer_slider_switches_targets(study_models, scenes):
     model, pixels = study_models["resolution", 2.0], scenes[40].images[:3].float() / 255
     reference = ee.resize_cams(ee.gradcam(model, pixels, r["labels"], "stage3"), 64)
     np.testing.assert_allclose(r["cams"]["resolution", 2.0], reference, atol=1e-6)
+    # By default each model's CAM is for its own prediction, the class its answer came from.
+    own = aw.ScaleAttentionExplorer(study_models, scenes, layer="stage3", indices=(0, 1, 2))
+    with torch.no_grad():
+        predicted = model.eval()(pixels).argmax(1).tolist()
+    assert own.result["predicted"]["resolution", 2.0] == predicted
+    reference = ee.resize_cams(ee.gradcam(model, pixels, predicted, "stage3"), 64)
+    np.testing.assert_allclose(own.result["cams"]["resolution", 2.0], reference, atol=1e-6)
+    with pytest.raises(ValueError, match="classes"):
+        aw.ScaleAttentionExplorer(study_models, scenes, classes="best")
     assert r["masks"].shape == (3, 64, 64) and r["masks"].dtype == bool
     assert "resolution (d=0.25, w=0.25, r=40)" in explorer.summary()
     explorer.target.value = 4.0
