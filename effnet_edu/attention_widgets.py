@@ -252,7 +252,8 @@ class ScaleAttentionExplorer(Explorer):
                     ax.set_xlabel(f"wrong: {name}", fontsize=8, color="red")
         which = "each model's predicted class" if self.classes == "predicted" else "the true class"
         fig.suptitle(
-            f"Grad-CAM at {self.layer} for {which}, ×{r['target']:g} FLOPs; white: the target discs"
+            f"Grad-CAM at {self.layer} for {which},\n"
+            f"×{r['target']:g} FLOPs; white: the target discs"
         )
         fig.tight_layout()
         return fig
