@@ -269,60 +269,121 @@ MUTANTS = {
     ],
     "a3_scale_and_look": [
         (
-            "q1_configs",
-            "width scaled by t, not sqrt(t)",
-            [("w0 * math.sqrt(TARGET)", "w0 * TARGET")],
-            True,
-        ),
-        (
-            "q1_configs",
-            "phi = log2(t)",
+            "q1_search",
+            "FLOPs from the formula d w^2 r^2, not counted",
             [
                 (
-                    "phi = math.log(TARGET) / math.log(ALPHA * BETA**2 * GAMMA**2)",
-                    "phi = math.log2(TARGET)",
+                    "study.shape_flops(depth, width, resolution) / study.shape_flops(*BASE)",
+                    "(depth / BASE[0]) * (width / BASE[1]) ** 2 * (resolution / BASE[2]) ** 2",
+                )
+            ],
+            False,
+        ),
+        (
+            "q1_search",
+            "the first candidate within 5 %, not the nearest",
+            [
+                (
+                    "        if error < best_error:\n            best, best_error = shape, error\n",
+                    "        if abs(flops_ratio(*shape) / target - 1) <= 0.05:\n"
+                    "            return shape\n",
                 )
             ],
             True,
         ),
         (
-            "q1_configs",
-            "planned FLOPs ratios instead of measured ones",
+            "q1_search",
+            "a tie keeps the larger value",
+            [("if error < best_error:", "if error <= best_error:")],
+            True,
+        ),
+        (
+            "q1_search",
+            "never below the target",
             [
                 (
-                    "measured_flops(*config) / measured_flops(*BASELINE)",
-                    "(1.0 if family == 'baseline' else TARGET)",
+                    "        error = abs(math.log(flops_ratio(*shape) / target))\n",
+                    "        if flops_ratio(*shape) < target:\n            continue\n"
+                    "        error = abs(math.log(flops_ratio(*shape) / target))\n",
+                )
+            ],
+            False,
+        ),
+        (
+            "q1_search",
+            "ignores its target",
+            [("math.log(flops_ratio(*shape) / target)", "math.log(flops_ratio(*shape) / TARGET)")],
+            True,
+        ),
+        (
+            "q1_search",
+            "calls the study's scaled_shape instead of searching",
+            [
+                (
+                    "    best, best_error = None, math.inf\n",
+                    "    return tuple(study.scaled_shape(BASELINE, study.DIRECTIONS[dimension], "
+                    "target))\n",
                 )
             ],
             True,
         ),
         (
-            "q2_train_evaluate",
-            "evaluated at the baseline's resolution",
+            "q2_mcnemar",
+            "one-sided p-value",
+            [("return min(1.0, 2 * tail)", "return min(1.0, tail)")],
+            True,
+        ),
+        (
+            "q2_mcnemar",
+            "two-sided p-value not capped at 1",
+            [("return min(1.0, 2 * tail)", "return 2 * tail")],
+            False,
+        ),
+        (
+            "q2_mcnemar",
+            "normal approximation instead of the exact binomial",
             [
                 (
-                    'ee.SyntheticObjects("val", N_VAL, resolution=model.config.resolution)',
-                    'ee.SyntheticObjects("val", N_VAL, resolution=BASELINE[2])',
+                    "tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n",
+                    "tail = 0.5 * math.erfc((n / 2 - k - 0.5) / math.sqrt(max(n, 1) / 4) "
+                    "/ math.sqrt(2))",
                 )
             ],
             True,
         ),
         (
-            "q2_train_evaluate",
-            "evaluated on training images",
-            [('ee.SyntheticObjects("val", N_VAL,', 'ee.SyntheticObjects("train", N_VAL,')],
+            "q2_mcnemar",
+            "disagreement taken as different predictions, not right against wrong",
+            [
+                (
+                    "only_a, only_b = int((right_a & ~right_b).sum()), "
+                    "int((right_b & ~right_a).sum())",
+                    "differ = predicted_a != predicted_b\n    only_a, only_b = "
+                    "int((right_a & differ).sum()), int((~right_a & differ).sum())",
+                )
+            ],
             True,
         ),
         (
-            "q3_attention",
-            "CAM of the predicted class, not the true one",
-            [("targets=data.labels,", "targets=None,")],
+            "q2_mcnemar",
+            "difference over the disagreements, not over all test images",
+            [
+                (
+                    "difference = (only_a - only_b) / len(TEST_LABELS)",
+                    "difference = (only_a - only_b) / (only_a + only_b)",
+                )
+            ],
             True,
         ),
         (
-            "q3_attention",
-            "CAM of the head (1 x 1 at this size)",
-            [('layer="stage3")  # (N_CAM, R, R)', 'layer="head")')],
+            "q2_mcnemar",
+            "the two models swapped",
+            [
+                (
+                    'compare(model_row("resolution", seed), model_row("compound_paper", seed))',
+                    'compare(model_row("compound_paper", seed), model_row("resolution", seed))',
+                )
+            ],
             True,
         ),
         (
@@ -335,6 +396,74 @@ MUTANTS = {
                 )
             ],
             False,
+        ),
+        (
+            "q3_attention",
+            "mass over the mask's area (the mean map value on the object)",
+            [("total = cams.sum(axis=(1, 2))", "total = masks.sum(axis=(1, 2))")],
+            False,
+        ),
+        (
+            "q3_attention",
+            "imports the package's energy_share instead of writing it",
+            [
+                (
+                    "def energy_share(cams, masks):",
+                    "from effnet_edu.attention import energy_share\n\n\n"
+                    "def _not_mine(cams, masks):",
+                )
+            ],
+            True,
+        ),
+        (
+            "q3_attention",
+            "CAM of the true class, not the predicted one",
+            [
+                (
+                    'cams = attention.gradcam(model, images, targets=predicted, layer="head")',
+                    'cams = attention.gradcam(model, images, targets=scenes.labels, layer="head")',
+                )
+            ],
+            True,
+        ),
+        (
+            "q3_attention",
+            "CAM of the last stage, not the head",
+            [
+                (
+                    'cams = attention.gradcam(model, images, targets=predicted, layer="head")',
+                    'cams = attention.gradcam(model, images, targets=predicted, layer="stage7")',
+                )
+            ],
+            True,
+        ),
+        (
+            "q3_attention",
+            "scenes at the baseline's resolution for every model",
+            [
+                (
+                    'ee.SyntheticObjects("test", count, model.config.resolution, **DATA_OPTIONS)',
+                    'ee.SyntheticObjects("test", count, BASE[2], **DATA_OPTIONS)',
+                )
+            ],
+            True,
+        ),
+        (
+            "q3_attention",
+            "images not scaled to [0, 1]",
+            [("images = scenes.images.float() / 255", "images = scenes.images.float()")],
+            True,
+        ),
+        (
+            "q3_attention",
+            "the constant map's level taken as the chance accuracy 1/24",
+            [
+                (
+                    "return float(energy_share(np.ones(masks.shape), masks).mean())",
+                    "return 1 / NUM_CLASSES",
+                )
+            ],
+            True,
         ),
     ],
 }
@@ -569,6 +698,25 @@ def test_student_version_fails_every_question(build, name):
         assert not passed, f"{name} {question}: the stub passes {passed} as handed out"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_solutions_run_without_errors_in_the_handout_folder(build, tmp_path, name):
+    """The solutions, executed in a kernel inside a copy of the student folder: with the handout's
+    package (graded names stubbed) and data only, every cell runs. (otter's grading records a
+    cell's error and goes on, so a broken cell that no test reads would pass unnoticed.)"""
+    import shutil
+
+    import nbclient
+
+    folder = tmp_path / "student"
+    shutil.copytree(build(name) / "student", folder)
+    notebook = _read(build(name) / "autograder" / f"{name}.ipynb")
+    notebook.cells = [c for c in notebook.cells if not _is_otter_cell(c.source)]
+    client = nbclient.NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}}
+    )
+    client.execute()  # raises CellExecutionError at the first cell that fails
+
+
 def test_student_version_scores_zero_with_otter_run(build, tmp_path):
     """A real `otter run` with the zip that goes to Gradescope (effnet_edu travels inside it)."""
     from otter.api import grade_submission
@@ -638,8 +786,8 @@ def test_plausible_wrong_answer_fails_a_hidden_test(
         first = where[0] if first is None else min(first, where[0])
     check = _check_cell_index(notebook, question)
     assert first < check, "the mutated cell must belong to the question"
-    # Re-run from the mutated cell to the question's check on top of the solved state: later
-    # cells (training, for A3) keep the solution's results, as the tests of this question need.
+    # Re-run from the mutated cell to the question's check on top of the solved state: what the
+    # earlier cells made (A3's stored rows and loaded models) stays, as the tests need.
     namespace = dict(solved_namespace)
     _execute(cells[first:check], namespace)
     result = _grade({question: tests[question]}, namespace)[question]
@@ -771,7 +919,7 @@ def test_a2_passes_a_correct_solution_with_its_submodules_in_another_order(solve
         )
 
 
-@pytest.mark.parametrize("name", ["a1_scaling_rules", "a2_build_mbconv"])
+@pytest.mark.parametrize("name", NAMES)
 def test_grading_the_master_gives_the_same_scores_with_one_or_two_threads(solved, name):
     import torch
 
@@ -785,3 +933,30 @@ def test_grading_the_master_gives_the_same_scores_with_one_or_two_threads(solved
     finally:
         torch.set_num_threads(threads)
     assert scores[0] == scores[1] and all(all(v) for v in scores[0].values())
+
+
+def test_a3_gives_the_same_scores_with_mixed_precision_forced_on_or_off(solved, monkeypatch):
+    """A3 trains nothing: its predictions and Grad-CAMs are plain fp32 forward and backward
+    passes, and nothing it calls autocasts. Forcing the package's `amp="auto"` to bf16 (as on a CPU
+    with native bf16: AVX512-BF16 or AMX) and to fp32, the notebook and its tests are run again
+    under each: the same scores, all full, and no call asks for autocast."""
+    import effnet_edu.training as training
+
+    notebook, tests, _, errors = solved("a3_scale_and_look")
+    assert not errors
+    original, calls, scores = training.autocast_dtype, [], []
+
+    def spy(device, amp="auto"):
+        dtype = original(device, amp)
+        calls.append((str(device), amp, dtype))
+        return dtype
+
+    monkeypatch.setattr(training, "autocast_dtype", spy)
+    for native_bf16 in (True, False):
+        monkeypatch.setattr(training, "cpu_supports_bf16", lambda native=native_bf16: native)
+        namespace = {"__name__": "__main__"}
+        assert not _execute(notebook.cells, namespace)
+        results = _grade(tests, namespace)
+        scores.append({q: [c.passed for c in r.test_case_results] for q, r in results.items()})
+    assert scores[0] == scores[1] and all(all(v) for v in scores[0].values()), scores
+    assert not [c for c in calls if c[2] is not None], f"A3 asked for autocast: {calls}"

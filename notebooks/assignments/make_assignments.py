@@ -11,12 +11,17 @@ tool, run here through its Python API) writes
                                                  runs anywhere torch is installed, WITHOUT what
                                                  the assignment asks for (`GRADED`: each is a
                                                  stub that raises NotImplementedError)
+    <out>/<name>/student/results/...            the stored results the notebook reads (`DATA`:
+                                                 A3 reads part of the scale study), at the same
+                                                 paths as in the repository
     <out>/<name>/autograder/<name>.ipynb        the solutions, with every test
     <out>/<name>/autograder/<name>-autograder.zip   upload to Gradescope, or grade locally with
                                                  `otter run` / `otter grade`
 
-and, unless --no-run-tests, grades the solutions against every public and hidden test, failing
-if any test fails. Nothing here needs the network or Docker.
+and, unless --no-run-tests, grades the solutions against every public and hidden test with that
+zip (otter's own grading, `otter run`, in a kernel: the handout's package and data, as a
+grading service would see them), failing if any test fails. Nothing here needs the network or
+Docker.
 
 Two things are added to what `otter assign` does, both so that a build is reproducible:
 
@@ -26,7 +31,8 @@ Two things are added to what `otter assign` does, both so that a build is reprod
   twice gives byte-identical files.
 - The zip also carries the `effnet_edu` package (as `files/effnet_edu/`, which otter copies next
   to each submission before grading), since the notebooks import it and it is not on PyPI: the
-  handout's copy, graded code left out, so a submission cannot wrap the package's solution.
+  handout's copy, graded code left out, so a submission cannot wrap the package's solution. The
+  files in `DATA` travel the same way (`files/results/...`).
   The hidden tests do not trust it as a reference (a submission could patch it): they compare
   with values and formulas written into the tests, torch's FlopCounterMode and torchvision, and
   check that each graded object was defined in the notebook, not imported.
@@ -71,7 +77,45 @@ GRADED = {
         "profiling.py": ["conv2d_macs"],
     },
     "a2_build_mbconv": {"blocks.py": ["SqueezeExcitation", "stochastic_depth", "MBConv"]},
-    "a3_scale_and_look": {"attention.py": ["energy_share"]},
+    "a3_scale_and_look": {
+        "study.py": ["scaled_shape", "mcnemar"],
+        "attention.py": ["energy_share"],
+    },
+}
+
+# What each assignment reads besides the package: files of this repository, copied next to the
+# handout's notebook and into the zip's files/ (so next to each submission) at the same relative
+# paths. A3 reads finished models of the scale study, named one by one: a rerun of the study only
+# adds files, so these stay as they are and the build stays reproducible while it runs.
+_STUDY_RUNS = "results/scale_study/runs"
+DATA = {
+    "a3_scale_and_look": [
+        "results/scale_study/study.json",
+        # the baseline: 20 epochs (seeds 0-3; 3 is the one with weights), 5 epochs (seeds 0-2)
+        *[f"{_STUDY_RUNS}/d0.7000-w0.5000-r54-e20-s{seed}.json" for seed in range(4)],
+        *[f"{_STUDY_RUNS}/d0.7000-w0.5000-r54-e5-s{seed}.json" for seed in range(3)],
+        # step 1: the ten grid candidates at 2x the FLOPs, seeds 0 and 1; and seed 2 (step 2's
+        # own) of resolution only and of the paper's compound
+        *[
+            f"{_STUDY_RUNS}/{shape}-e20-s{seed}.json"
+            for shape in (
+                "d0.7000-w0.5000-r79",
+                "d0.7000-w0.5516-r65",
+                "d0.7000-w0.7410-r54",
+                "d0.7402-w0.5507-r66",
+                "d0.7615-w0.5000-r69",
+                "d0.7748-w0.6679-r61",
+                "d0.8496-w0.5311-r65",
+                "d0.9763-w0.7185-r54",
+                "d1.0497-w0.5500-r61",
+                "d1.5005-w0.5000-r54",
+            )
+            for seed in (0, 1)
+        ],
+        *[f"{_STUDY_RUNS}/{s}-e20-s2.json" for s in ("d0.7000-w0.5000-r79", "d0.8496-w0.5311-r65")],
+        "results/scale_study/models/baseline-x1-seed3.pt",
+        "results/scale_study/models/compound_paper-x2-seed2.pt",
+    ],
 }
 
 
@@ -125,9 +169,23 @@ def package_files() -> list[Path]:
     return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
 
 
+def data_files(assignment: str) -> list[str]:
+    """The repository files `assignment` reads (`DATA`), relative paths; refuses if one is
+    missing (the scale study may not have trained it yet)."""
+    missing = [name for name in DATA.get(assignment, []) if not (REPOSITORY / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{assignment} reads {missing[0]}"
+            + (f" and {len(missing) - 1} more files" if len(missing) > 1 else "")
+            + ", not in this repository: train them first (effnet-edu scale-study --preset full)"
+        )
+    return sorted(DATA.get(assignment, []))
+
+
 def repack_zip(source: Path, destination: Path, assignment: str) -> None:
-    """Rewrite otter's autograder zip deterministically, adding effnet_edu under files/: the
-    handout's copy, with the graded code left out (a submission could otherwise wrap it)."""
+    """Rewrite otter's autograder zip deterministically, adding effnet_edu under files/ (the
+    handout's copy, with the graded code left out: a submission could otherwise wrap it) and the
+    assignment's `DATA`."""
     entries: dict[str, bytes] = {}
     with zipfile.ZipFile(source) as original:
         for info in original.infolist():
@@ -139,6 +197,8 @@ def repack_zip(source: Path, destination: Path, assignment: str) -> None:
         names = graded.get(relative)
         text = stub_source(path.read_text(), names, assignment).encode() if names else None
         entries[f"files/effnet_edu/{relative}"] = text or path.read_bytes()
+    for name in data_files(assignment):
+        entries[f"files/{name}"] = (REPOSITORY / name).read_bytes()
     with zipfile.ZipFile(destination, "w", compression=zipfile.ZIP_DEFLATED) as repacked:
         for name in sorted(entries):
             info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
@@ -164,15 +224,52 @@ def copy_package(destination: Path, assignment: str | None = None) -> None:
             shutil.copyfile(path, out)
 
 
+def copy_data(destination: Path, assignment: str) -> None:
+    """Copy the assignment's `DATA` into `destination`, at the same relative paths."""
+    for name in data_files(assignment):
+        (destination / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPOSITORY / name, destination / name)
+
+
+def grade_solutions(result: Path) -> None:
+    """Grade the autograder notebook with the zip that goes to the grading service (otter's own
+    `otter run`, in a kernel, in a temporary folder holding the zip's files/: the handout's
+    package and data); raise unless it scores full marks on every public and hidden test."""
+    import contextlib
+    import io
+    import os
+
+    from otter.api import grade_submission
+
+    name, cwd = result.name, os.getcwd()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # the kernel's warnings, not failures
+            grades = grade_submission(
+                str(result / "autograder" / f"{name}.ipynb"),
+                str(result / "autograder" / f"{name}-autograder.zip"),
+                quiet=True,
+            )
+    finally:
+        os.chdir(cwd)  # otter grades in a folder of its own
+    if grades.total != grades.possible:
+        raise RuntimeError(
+            f"Some autograder tests failed in the autograder notebook:\n{grades.summary()}"
+        )
+
+
 def build_one(master: Path, out: Path, run_tests: bool = True) -> Path:
-    """Run `otter assign` on one master and make its output reproducible; returns its folder."""
+    """Run `otter assign` on one master, make its output reproducible and, with `run_tests`, grade
+    the solutions with the zip that goes to the grading service; returns its folder."""
     from otter.assign import main as otter_assign
 
     name = master.stem
     result = out / name
     shutil.rmtree(result, ignore_errors=True)
     result.mkdir(parents=True)
-    otter_assign(str(master), str(result), no_pdfs=True, no_run_tests=not run_tests)
+    data_files(name)  # before otter's work: a missing file stops the build at once
+    # otter's own test run would grade with its zip, which lacks the package and the data: the
+    # solutions are graded below, with the zip this function writes.
+    otter_assign(str(master), str(result), no_pdfs=True, no_run_tests=True)
 
     autograder, student = result / "autograder", result / "student"
     zips = sorted(autograder.glob(f"{name}-autograder_*.zip"))
@@ -186,6 +283,9 @@ def build_one(master: Path, out: Path, run_tests: bool = True) -> Path:
     for notebook in (autograder / master.name, student / master.name):
         normalise_cell_ids(notebook)
     copy_package(student, name)
+    copy_data(student, name)
+    if run_tests:
+        grade_solutions(result)
     return result
 
 
