@@ -540,10 +540,14 @@ def run_study(preset: Preset | str, out_dir: str | Path, workers: int = 1, log=p
 
         # The baselines first (they are the design's check: does the baseline plateau?), then
         # step 1 (step 2's compound models wait for its winner), then the models whose weights
-        # the notebooks load, then the rest; the most costly first within each.
+        # the notebooks load, then whole experiments, cheapest first (the short budget, then
+        # 4x, then 8x), so that a stopped study has finished experiments; within each, the most
+        # costly model first.
         def order(j):
             first = 0 if j.family == "baseline" else 1 if j.stage == "grid" else 2
-            return (first if first < 2 else 2 if _is_saved(j, preset) else 3, -_cost(j))
+            if first == 2 and not _is_saved(j, preset):
+                first = 3 if j.experiment == "budget" else 3 + j.target
+            return (first, -_cost(j))
 
         return sorted(jobs, key=order)
 

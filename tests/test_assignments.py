@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -373,7 +374,7 @@ MUTANTS = {
                     "difference = (only_a - only_b) / (only_a + only_b)",
                 )
             ],
-            True,
+            False,
         ),
         (
             "q2_mcnemar",
@@ -879,19 +880,24 @@ def test_student_package_holds_none_of_the_graded_code(build, name):
         assert lines, f"{graded}: nothing distinctive to look for"
         leaked = [line for line in lines if line in present]
         assert not leaked, f"{name}: {graded}'s code is in the handout: {leaked[:3]}"
-    # The rest of the package still imports and works; a stub says what to do.
-    graded = sorted(originals)[0]
-    module = next(m for m, names in make_assignments.GRADED[name].items() if graded in names)
-    script = (
-        "import effnet_edu, importlib\n"
-        f"m = importlib.import_module('effnet_edu.{module[:-3]}')\n"
-        f"try:\n    m.{graded}(1, 2, 3)\nexcept NotImplementedError as e:\n    print(e)\n"
+    # The rest of the package still imports and works; each stub says what to write, and where.
+    calls = [(m[:-3], n) for m, names in make_assignments.GRADED[name].items() for n in names]
+    script = "import effnet_edu, importlib\n" + "".join(
+        f"try:\n    importlib.import_module('effnet_edu.{module}').{graded}(1, 2, 3)\n"
+        "except NotImplementedError as e:\n    print(e)\n"
+        for module, graded in calls
     )
     run = subprocess.run(
         [sys.executable, "-c", script], cwd=student.parent, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    assert f"{graded} is yours to write in {name}.ipynb" in run.stdout
+    said = run.stdout.splitlines()
+    for (module, graded), message in zip(calls, said, strict=True):
+        hint = make_assignments.GRADED[name][f"{module}.py"][graded]
+        assert message == (
+            f"effnet_edu's {graded} is left out of the handout: you write {hint} "
+            f"yourself, in {name}.ipynb"
+        ), message
 
 
 def test_a2_passes_a_correct_solution_with_its_submodules_in_another_order(solved):
@@ -919,44 +925,83 @@ def test_a2_passes_a_correct_solution_with_its_submodules_in_another_order(solve
         )
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_grading_the_master_gives_the_same_scores_with_one_or_two_threads(solved, name):
+class _ForwardRecorder:
+    """Records, for every module call, whether CPU autocast was on, the output's dtype and the
+    number of threads: what a grading machine could change."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, bool, str, int]] = []
+
+    def __call__(self, module, inputs, output):
+        import torch
+
+        dtype = output.dtype if isinstance(output, torch.Tensor) else None
+        self.calls.append(
+            (
+                type(module).__name__,
+                torch.is_autocast_enabled("cpu"),
+                str(dtype),
+                torch.get_num_threads(),
+            )
+        )
+
+    def __enter__(self):
+        import torch
+
+        self.handle = torch.nn.modules.module.register_module_forward_hook(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def test_the_forward_recorder_sees_autocast_and_threads():
+    """The recorder behind the next test can fail: it sees bf16 autocast and the thread count."""
     import torch
 
-    notebook, tests, namespace, errors = solved(name)
-    threads, scores = torch.get_num_threads(), []
+    threads = torch.get_num_threads()
     try:
-        for count in (1, 2):
-            torch.set_num_threads(count)
-            results = _grade(tests, dict(namespace))
-            scores.append({q: [c.passed for c in r.test_case_results] for q, r in results.items()})
+        torch.set_num_threads(2)
+        with _ForwardRecorder() as recorder, torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.Linear(4, 4)(torch.ones(2, 4))
     finally:
         torch.set_num_threads(threads)
-    assert scores[0] == scores[1] and all(all(v) for v in scores[0].values())
+    assert recorder.calls == [("Linear", True, "torch.bfloat16", 2)]
 
 
-def test_a3_gives_the_same_scores_with_mixed_precision_forced_on_or_off(solved, monkeypatch):
-    """A3 trains nothing: its predictions and Grad-CAMs are plain fp32 forward and backward
-    passes, and nothing it calls autocasts. Forcing the package's `amp="auto"` to bf16 (as on a CPU
-    with native bf16: AVX512-BF16 or AMX) and to fp32, the notebook and its tests are run again
-    under each: the same scores, all full, and no call asks for autocast."""
+@pytest.mark.parametrize("name", NAMES)
+def test_grading_is_the_same_with_one_or_two_threads_and_bf16_forced_on_or_off(
+    solved, monkeypatch, name
+):
+    """The master and its tests are run again from the start, as a grading machine would: on one
+    thread; on two (the notebook's own `torch.set_num_threads(1)` made a no-op, so its
+    computations really run on two); and with the package's `amp="auto"` forced to bf16, as on a
+    CPU with native bf16 (AVX512-BF16 or AMX). The scores are the same, all full, and every
+    module call in the notebook and its tests ran in fp32, without autocast, on the threads
+    chosen."""
+    import torch
+
     import effnet_edu.training as training
 
-    notebook, tests, _, errors = solved("a3_scale_and_look")
+    notebook, tests, _, errors = solved(name)
     assert not errors
-    original, calls, scores = training.autocast_dtype, [], []
-
-    def spy(device, amp="auto"):
-        dtype = original(device, amp)
-        calls.append((str(device), amp, dtype))
-        return dtype
-
-    monkeypatch.setattr(training, "autocast_dtype", spy)
-    for native_bf16 in (True, False):
-        monkeypatch.setattr(training, "cpu_supports_bf16", lambda native=native_bf16: native)
-        namespace = {"__name__": "__main__"}
-        assert not _execute(notebook.cells, namespace)
-        results = _grade(tests, namespace)
-        scores.append({q: [c.passed for c in r.test_case_results] for q, r in results.items()})
-    assert scores[0] == scores[1] and all(all(v) for v in scores[0].values()), scores
-    assert not [c for c in calls if c[2] is not None], f"A3 asked for autocast: {calls}"
+    threads, runs, set_threads = torch.get_num_threads(), {}, torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda count: None)
+    try:
+        for count, native_bf16 in ((1, False), (2, False), (1, True)):
+            monkeypatch.setattr(training, "cpu_supports_bf16", lambda native=native_bf16: native)
+            set_threads(count)
+            namespace = {"__name__": "__main__"}
+            with _ForwardRecorder() as recorder:
+                assert not _execute(notebook.cells, namespace)
+                results = _grade(tests, namespace)
+            scores = {q: [c.passed for c in r.test_case_results] for q, r in results.items()}
+            assert all(all(v) for v in scores.values()), (count, native_bf16, scores)
+            assert recorder.calls, "the notebook and its tests call modules: the recorder sees them"
+            seen = {(autocast, dtype, used) for _, autocast, dtype, used in recorder.calls}
+            assert {(a, u) for a, _, u in seen} <= {(False, count)}, (count, native_bf16, seen)
+            assert {d for _, d, _ in seen} <= {"torch.float32", "None"}, seen
+            runs[(count, native_bf16)] = scores
+    finally:
+        set_threads(threads)
+    assert len({json.dumps(v, sort_keys=True) for v in runs.values()}) == 1, runs

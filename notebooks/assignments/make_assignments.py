@@ -65,21 +65,31 @@ ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip file can hold
 EXECUTABLES = {"run_autograder", "setup.sh"}
 
 
-# What each assignment asks the student to write: {module file: names}, stubbed in the handout.
+# What each assignment asks the student to write, stubbed in the handout: {module file: {name:
+# what the student writes in its place}}; the stub's error message says so.
 GRADED = {
     "a1_scaling_rules": {
-        "scaling.py": [
-            "compound_coefficients",
-            "flops_multiplier",
-            "round_filters",
-            "round_repeats",
-        ],
-        "profiling.py": ["conv2d_macs"],
+        "scaling.py": {
+            "compound_coefficients": "compound_coefficients (question 3)",
+            "flops_multiplier": "flops_multiplier (question 3)",
+            "round_filters": "round_filters (question 1)",
+            "round_repeats": "round_repeats (question 2)",
+        },
+        "profiling.py": {"conv2d_macs": "conv2d_macs (question 4)"},
     },
-    "a2_build_mbconv": {"blocks.py": ["SqueezeExcitation", "stochastic_depth", "MBConv"]},
+    "a2_build_mbconv": {
+        "blocks.py": {
+            "SqueezeExcitation": "SqueezeExcitation (question 1)",
+            "stochastic_depth": "stochastic_depth (question 2)",
+            "MBConv": "MBConv (question 3)",
+        }
+    },
     "a3_scale_and_look": {
-        "study.py": ["scaled_shape", "mcnemar"],
-        "attention.py": ["energy_share"],
+        "study.py": {
+            "scaled_shape": "flops_ratio and nearest_shape (question 1)",
+            "mcnemar": "mcnemar_p and compare (question 2)",
+        },
+        "attention.py": {"energy_share": "energy_share (question 3)"},
     },
 }
 
@@ -94,8 +104,7 @@ DATA = {
         # the baseline: 20 epochs (seeds 0-3; 3 is the one with weights), 5 epochs (seeds 0-2)
         *[f"{_STUDY_RUNS}/d0.7000-w0.5000-r54-e20-s{seed}.json" for seed in range(4)],
         *[f"{_STUDY_RUNS}/d0.7000-w0.5000-r54-e5-s{seed}.json" for seed in range(3)],
-        # step 1: the ten grid candidates at 2x the FLOPs, seeds 0 and 1; and seed 2 (step 2's
-        # own) of resolution only and of the paper's compound
+        # step 1: the ten grid candidates at 2x the FLOPs, seeds 0 and 1
         *[
             f"{_STUDY_RUNS}/{shape}-e20-s{seed}.json"
             for shape in (
@@ -112,16 +121,28 @@ DATA = {
             )
             for seed in (0, 1)
         ],
-        *[f"{_STUDY_RUNS}/{s}-e20-s2.json" for s in ("d0.7000-w0.5000-r79", "d0.8496-w0.5311-r65")],
+        # seed 2 (step 2's own) of the four 2x models, and all three seeds of their 5-epoch runs
+        *[
+            f"{_STUDY_RUNS}/{shape}-e{epochs}-s{seed}.json"
+            for shape in (
+                "d0.7000-w0.5000-r79",
+                "d0.8496-w0.5311-r65",
+                "d1.5005-w0.5000-r54",
+                "d0.7000-w0.7410-r54",
+            )
+            for epochs, seeds in ((20, (2,)), (5, (0, 1, 2)))
+            for seed in seeds
+        ],
         "results/scale_study/models/baseline-x1-seed3.pt",
         "results/scale_study/models/compound_paper-x2-seed2.pt",
     ],
 }
 
 
-def stub_source(source: str, names: list[str], assignment: str) -> str:
+def stub_source(source: str, names: dict[str, str], assignment: str) -> str:
     """`source` with each top-level function or class in `names` replaced by a stub that raises
-    NotImplementedError (a class keeps its bases, so isinstance checks still work)."""
+    NotImplementedError naming what the student writes instead (`names[name]`); a class keeps
+    its bases, so isinstance checks still work."""
     import ast
 
     tree, lines = ast.parse(source), source.splitlines(keepends=True)
@@ -133,9 +154,10 @@ def stub_source(source: str, names: list[str], assignment: str) -> str:
         node = nodes[name]
         start = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
         message = (
-            f"{name} is yours to write in {assignment}.ipynb: this copy of effnet_edu leaves it out"
+            f"effnet_edu's {name} is left out of the handout: you write {names[name]} "
+            f"yourself, in {assignment}.ipynb"
         )
-        note = f'    """Left out of the handout: you write {name} in {assignment}.ipynb."""\n'
+        note = f'    """Left out of the handout: see {assignment}.ipynb."""\n'
         if isinstance(node, ast.ClassDef):
             bases = ", ".join(ast.unparse(b) for b in node.bases)
             stub = (
