@@ -926,11 +926,11 @@ def test_a2_passes_a_correct_solution_with_its_submodules_in_another_order(solve
 
 
 class _ForwardRecorder:
-    """Records, for every module call, whether CPU autocast was on, the output's dtype and the
-    number of threads: what a grading machine could change."""
+    """Records, for every module call, whether CPU autocast was on, the output's dtype, the
+    number of threads and the float32 matmul precision: what a grading machine could change."""
 
     def __init__(self):
-        self.calls: list[tuple[str, bool, str, int]] = []
+        self.calls: list[tuple[str, bool, str, int, str]] = []
 
     def __call__(self, module, inputs, output):
         import torch
@@ -942,6 +942,7 @@ class _ForwardRecorder:
                 torch.is_autocast_enabled("cpu"),
                 str(dtype),
                 torch.get_num_threads(),
+                torch.get_float32_matmul_precision(),
             )
         )
 
@@ -955,6 +956,21 @@ class _ForwardRecorder:
         self.handle.remove()
 
 
+def _run_and_grade(notebook, tests) -> tuple[dict, str, list]:
+    """Run the notebook from the start and grade it: (scores, everything it printed, module
+    calls recorded)."""
+    import contextlib
+    import io
+
+    namespace, printed = {"__name__": "__main__"}, io.StringIO()
+    with _ForwardRecorder() as recorder, contextlib.redirect_stdout(printed):
+        errors = _execute(notebook.cells, namespace)
+        results = _grade(tests, namespace)
+    assert not errors, errors
+    scores = {q: [c.passed for c in r.test_case_results] for q, r in results.items()}
+    return scores, printed.getvalue(), recorder.calls
+
+
 def test_the_forward_recorder_sees_autocast_and_threads():
     """The recorder behind the next test can fail: it sees bf16 autocast and the thread count."""
     import torch
@@ -966,7 +982,7 @@ def test_the_forward_recorder_sees_autocast_and_threads():
             torch.nn.Linear(4, 4)(torch.ones(2, 4))
     finally:
         torch.set_num_threads(threads)
-    assert recorder.calls == [("Linear", True, "torch.bfloat16", 2)]
+    assert recorder.calls == [("Linear", True, "torch.bfloat16", 2, "highest")]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -976,9 +992,9 @@ def test_grading_is_the_same_with_one_or_two_threads_and_bf16_forced_on_or_off(
     """The master and its tests are run again from the start, as a grading machine would: on one
     thread; on two (the notebook's own `torch.set_num_threads(1)` made a no-op, so its
     computations really run on two); and with the package's `amp="auto"` forced to bf16, as on a
-    CPU with native bf16 (AVX512-BF16 or AMX). The scores are the same, all full, and every
-    module call in the notebook and its tests ran in fp32, without autocast, on the threads
-    chosen."""
+    CPU with native bf16 (AVX512-BF16 or AMX). Every module call in the notebook and its tests
+    ran in fp32 (outputs float32, no autocast, matmul precision "highest") on the threads chosen;
+    the scores are full, and everything the notebook prints is the same in the three runs."""
     import torch
 
     import effnet_edu.training as training
@@ -991,17 +1007,60 @@ def test_grading_is_the_same_with_one_or_two_threads_and_bf16_forced_on_or_off(
         for count, native_bf16 in ((1, False), (2, False), (1, True)):
             monkeypatch.setattr(training, "cpu_supports_bf16", lambda native=native_bf16: native)
             set_threads(count)
-            namespace = {"__name__": "__main__"}
-            with _ForwardRecorder() as recorder:
-                assert not _execute(notebook.cells, namespace)
-                results = _grade(tests, namespace)
-            scores = {q: [c.passed for c in r.test_case_results] for q, r in results.items()}
+            scores, printed, calls = _run_and_grade(notebook, tests)
             assert all(all(v) for v in scores.values()), (count, native_bf16, scores)
-            assert recorder.calls, "the notebook and its tests call modules: the recorder sees them"
-            seen = {(autocast, dtype, used) for _, autocast, dtype, used in recorder.calls}
-            assert {(a, u) for a, _, u in seen} <= {(False, count)}, (count, native_bf16, seen)
-            assert {d for _, d, _ in seen} <= {"torch.float32", "None"}, seen
-            runs[(count, native_bf16)] = scores
+            assert calls, "the notebook and its tests call modules: the recorder sees them"
+            seen = {call[1:] for call in calls}
+            assert {(a, n, m) for a, _, n, m in seen} <= {(False, count, "highest")}, seen
+            assert {d for _, d, _, _ in seen} <= {"torch.float32", "None"}, seen
+            runs[(count, native_bf16)] = (scores, printed)
     finally:
         set_threads(threads)
-    assert len({json.dumps(v, sort_keys=True) for v in runs.values()}) == 1, runs
+    (first, printed), *others = runs.values()
+    for key, (scores, text) in zip(list(runs)[1:], others, strict=True):
+        assert scores == first, (key, scores)
+        assert text == printed, (
+            f"{name} prints other numbers with {key}: {_first_difference(printed, text)}"
+        )
+
+
+def _first_difference(a: str, b: str) -> str:
+    lines = [(x, y) for x, y in zip(a.splitlines(), b.splitlines(), strict=False) if x != y]
+    return repr(lines[0]) if lines else f"lengths {len(a)} and {len(b)}"
+
+
+def test_a3_grades_the_same_with_generic_cpu_kernels(build, tmp_path):
+    """A3 again, in a fresh process whose PyTorch is held to its generic kernels (ATen without
+    vector instructions, oneDNN at SSE4.1), as on an old or different CPU: full scores, and
+    everything it prints is the same as with this machine's own kernels."""
+    name = "a3_scale_and_look"
+    notebook = build(name) / "autograder" / f"{name}.ipynb"
+    script = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import nbformat, test_assignments as t\n"
+        f"nb = nbformat.read({str(notebook)!r}, as_version=4)\n"
+        "scores, printed, calls = t._run_and_grade(nb, nb.metadata['otter']['tests'])\n"
+        "import torch\n"
+        "capability = torch.backends.cpu.get_cpu_capability()\n"
+        "sys.stdout.write(json.dumps({'scores': scores, 'printed': printed, 'cpu': capability}))\n"
+    )
+    results = {}
+    for kernels, env in (
+        ("native", {}),
+        ("generic", {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=ASSIGNMENTS,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MPLBACKEND": "Agg", "TQDM_DISABLE": "1", **env},
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        results[kernels] = json.loads(run.stdout)
+    assert results["generic"]["cpu"] == "DEFAULT", results["generic"]["cpu"]  # the env took hold
+    assert all(all(v) for v in results["generic"]["scores"].values()), results["generic"]["scores"]
+    assert results["generic"]["scores"] == results["native"]["scores"]
+    native, generic = results["native"]["printed"], results["generic"]["printed"]
+    assert native == generic, _first_difference(native, generic)

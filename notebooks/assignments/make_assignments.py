@@ -88,6 +88,7 @@ GRADED = {
         "study.py": {
             "scaled_shape": "flops_ratio and nearest_shape (question 1)",
             "mcnemar": "mcnemar_p and compare (question 2)",
+            "attention_of": "attention_of (question 3)",
         },
         "attention.py": {"energy_share": "energy_share (question 3)"},
     },
