@@ -121,7 +121,8 @@ class Recipe:
 @dataclass(frozen=True)
 class Preset:
     """What a study trains: the grid and its seeds, the targets of step 2 and their seeds, and
-    the extra experiments (a short training budget at 2x; Figure 4's second width curve)."""
+    the extra experiments (a short training budget at 2x; the baseline trained twice as long;
+    Figure 4's second width curve)."""
 
     name: str
     baseline: Baseline = Baseline()
@@ -130,6 +131,7 @@ class Preset:
     grid_seeds: tuple = (0, 1)
     targets: tuple = ((2, (0, 1, 2)), (4, (0, 1, 2)), (8, (0,)))  # (FLOPs ratio, seeds)
     short_epochs: int | None = 5  # the same 2x comparison at this budget (None: skip)
+    long_epochs: int | None = 40  # the baseline (seed 0) trained this long: is it at a plateau?
     figure4: tuple | None = (1.4, 1.0, 1.2)  # width scaled on top of this grid candidate
     # (target, seeds) whose weights are written, for notebook 05's pictures: seed 2 at 2x (step 2's
     # own seed, not used to pick the grid's winner) and a fourth baseline seed, 3, trained for its
@@ -146,6 +148,7 @@ PRESETS = {
         grid_seeds=(0,),
         targets=((2, (0,)),),
         short_epochs=None,
+        long_epochs=None,
         figure4=None,
         saved=(),
     ),
@@ -155,6 +158,7 @@ PRESETS = {
         grid_seeds=(0, 1, 2),
         targets=((2, (0, 1, 2, 3, 4)), (4, (0, 1, 2, 3, 4)), (8, (0, 1, 2))),
         short_epochs=12,
+        long_epochs=120,
     ),
 }
 
@@ -165,7 +169,7 @@ class Job:
     its shape (depth and width multipliers of B0, pixels), its seed and its training budget."""
 
     stage: str  # "grid" (step 1) or "scaling" (step 2)
-    experiment: str  # "grid", "matched", "budget" (short training) or "figure4"
+    experiment: str  # "grid", "matched", "budget" (short), "plateau" (long) or "figure4"
     family: str
     target: float
     alpha: float
@@ -279,6 +283,10 @@ def plan(preset: Preset, ours: tuple | None = None) -> list[Job]:
         seeds = set(seeds_2x) | (set(preset.grid_seeds) if e == epochs else set())
         seeds = sorted(seeds | (set(dict(preset.saved).get(1, ())) if e == epochs else set()))
         jobs += [_job(base, "scaling", experiment, "baseline", 1, (1, 1, 1), s, e) for s in seeds]
+    if preset.long_epochs:  # the baseline's plateau, tested: the same baseline, trained longer
+        jobs.append(
+            _job(base, "scaling", "plateau", "baseline", 1, (1, 1, 1), 0, preset.long_epochs)
+        )
     for direction in preset.grid:
         family = grid_family(direction)
         jobs += [
@@ -540,13 +548,13 @@ def run_study(preset: Preset | str, out_dir: str | Path, workers: int = 1, log=p
 
         # The baselines first (they are the design's check: does the baseline plateau?), then
         # step 1 (step 2's compound models wait for its winner), then the models whose weights
-        # the notebooks load, then whole experiments, cheapest first (the short budget, then
-        # 4x, then 8x), so that a stopped study has finished experiments; within each, the most
-        # costly model first.
+        # the notebooks load, then whole experiments, cheapest first (the short budget and the
+        # long baseline, then 4x, then 8x), so that a stopped study has finished experiments;
+        # within each, the most costly model first.
         def order(j):
             first = 0 if j.family == "baseline" else 1 if j.stage == "grid" else 2
             if first == 2 and not _is_saved(j, preset):
-                first = 3 if j.experiment == "budget" else 3 + j.target
+                first = 3 if j.experiment in ("budget", "plateau") else 3 + j.target
             return (first, -_cost(j))
 
         return sorted(jobs, key=order)

@@ -156,6 +156,7 @@ TINY = Preset(
     grid_seeds=(0,),
     targets=((2, (0,)),),
     short_epochs=None,
+    long_epochs=4,
     figure4=None,
     saved=((1, (0,)), (2, (0,))),
 )
@@ -195,8 +196,13 @@ def test_a_stopped_study_resumes_and_equals_one_never_stopped(tmp_path):
                    "seed", "epochs", "val_accuracy", "alpha", "beta", "gamma"):  # fmt: skip
         assert column in header
     # The saved models are plain fp16 state_dicts that reload to the accuracy recorded.
+    plateau = [r for r in whole if r["experiment"] == "plateau"]
+    assert [(r["family"], r["seed"], r["epochs"]) for r in plateau] == [("baseline", 0, 4)]
     for row in whole:
         if row["target"] > 2 or row["stage"] == "grid" and row["family"] == "compound":
+            continue
+        if row["experiment"] == "plateau":  # the long baseline: a result row, no weights
+            assert "saved_test_accuracy" not in row
             continue
         path = tmp_path / "whole" / "models" / model_filename(row["family"], row["target"], 0)
         weights = torch.load(path, weights_only=True)
