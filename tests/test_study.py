@@ -300,14 +300,20 @@ def test_the_full_preset_saves_notebook_05s_models_and_git_keeps_them():
         ("width", 2),
     ]
     assert sorted((j.family, j.target) for j in saved) == expected
+    long = PRESETS["long"]  # the same design at 40 epochs saves the same models
+    saved_long = [j for j in plan(long, DIRECTIONS["width"]) if _is_saved(j, long)]
+    assert [(j.family, j.target, j.seed) for j in saved_long] == [
+        (j.family, j.target, j.seed) for j in saved
+    ]
+    assert {j.epochs for j in saved_long} == {40} and {j.epochs for j in saved} == {20}
     root = Path(__file__).resolve().parents[1]
-    folder = "results/scale_study/models"
-    names = [f"{folder}/{model_filename(j.family, j.target, j.seed)}" for j in saved]
-    names.append(f"{folder}/compound-x2-seed2.pt")
-    ignored = subprocess.run(
-        ["git", "check-ignore", *names], cwd=root, capture_output=True, text=True
-    ).stdout.split()
-    assert ignored == []
-    other = ["git", "check-ignore", "-q", f"{folder}/depth-x4-seed0.pt"]
-    assert subprocess.run(other, cwd=root).returncode == 0  # every other model stays out of git
+    for folder in ("results/scale_study/models", "results/scale_study_long/models"):
+        names = [f"{folder}/{model_filename(j.family, j.target, j.seed)}" for j in saved]
+        names.append(f"{folder}/compound-x2-seed2.pt")
+        ignored = subprocess.run(
+            ["git", "check-ignore", *names], cwd=root, capture_output=True, text=True
+        ).stdout.split()
+        assert ignored == []
+        other = ["git", "check-ignore", "-q", f"{folder}/depth-x4-seed0.pt"]
+        assert subprocess.run(other, cwd=root).returncode == 0  # other models stay out of git
     assert len(missing([], full)) == len(plan(full))  # nothing trained: all missing
