@@ -102,9 +102,10 @@ _STUDY_RUNS = "results/scale_study/runs"
 DATA = {
     "a3_scale_and_look": [
         "results/scale_study/study.json",
-        # the baseline: 20 epochs (seeds 0-3; 3 is the one with weights), 5 epochs (seeds 0-2)
+        # the baseline: 20 epochs (seeds 0-3; 3 is the one with weights), 5 epochs (seeds 0-2),
         *[f"{_STUDY_RUNS}/d0.7000-w0.5000-r54-e20-s{seed}.json" for seed in range(4)],
         *[f"{_STUDY_RUNS}/d0.7000-w0.5000-r54-e5-s{seed}.json" for seed in range(3)],
+        f"{_STUDY_RUNS}/d0.7000-w0.5000-r54-e40-s0.json",  # and seed 0 for 40 epochs: a plateau?
         # step 1: the ten grid candidates at 2x the FLOPs, seeds 0 and 1
         *[
             f"{_STUDY_RUNS}/{shape}-e20-s{seed}.json"
