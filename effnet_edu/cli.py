@@ -173,15 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    from .study import PRESETS
+
     about = "compare scaling methods at matched FLOPs (Figure 8 and Table 7 in miniature)"
     study = sub.add_parser("scale-study", help=about, description=about)
     study.set_defaults(func=cmd_scale_study)
     study.add_argument(
         "--preset",
-        choices=("quick", "full", "gpu"),
+        choices=tuple(PRESETS),
         default="quick",
-        help="quick: 5 models, about 5 minutes on 2 CPU cores; full: the shipped study; gpu: "
-        "more seeds and epochs, on CUDA",
+        help="quick: 5 models, about 3 minutes on 2 CPU cores; full: the shipped study (20 "
+        "epochs); long: the same design at 40 epochs, where the baseline plateaus; gpu: more "
+        "seeds and epochs, on CUDA",
     )
     study.add_argument("--out", help="folder (default: results/scale_study[_PRESET])")
     study.add_argument("--workers", type=count, default=1, help="models trained at once")

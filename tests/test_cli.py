@@ -142,6 +142,16 @@ def test_resume_of_a_damaged_checkpoint_names_the_file(damage, earlier_run, tmp_
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
+def test_scale_study_offers_every_preset():
+    from effnet_edu.cli import build_parser
+    from effnet_edu.study import PRESETS
+
+    parser = build_parser()
+    assert set(PRESETS) == {"quick", "full", "long", "gpu"}
+    for name in PRESETS:  # a preset the package defines but the command refuses is unreachable
+        assert parser.parse_args(["scale-study", "--preset", name]).preset == name
+
+
 def test_study_refuses_a_folder_that_holds_a_study(tmp_path, capsys):
     results = tmp_path / "results.json"
     results.write_text("[]")
