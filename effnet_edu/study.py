@@ -143,8 +143,9 @@ PRESETS = {
     "full": Preset("full"),
     # The same design at twice the epochs: the 20-epoch baseline is still climbing (its 40-epoch
     # run, the full preset's "plateau" job, ends 22 points higher and moves 0.7 points over its
-    # last quarter; seeds 1-3 at 40 epochs still gain 1.7-9.2 points there). The full preset's
-    # models are this one's short-budget arm, at every target.
+    # last quarter; seeds 1-3 at 40 epochs still gain 1.7-9.2 points there, and 80-epoch pilots
+    # of seeds 1 and 3 do not converge either: docs/scale_study.md). The full preset's models are
+    # this one's short-budget arm, at every target.
     "long": Preset("long", recipe=Recipe(epochs=40), short_epochs=None, long_epochs=None),
     "quick": Preset(
         "quick",
