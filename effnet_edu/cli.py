@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tuple(PRESETS),
         default="quick",
         help="quick: 5 models, about 3 minutes on 2 CPU cores; full: the shipped study (20 "
-        "epochs); long: the same design at 40 epochs, where the baseline plateaus; gpu: more "
+        "epochs); long: the same design at 40 epochs (baseline seed 0 plateaus); gpu: more "
         "seeds and epochs, on CUDA",
     )
     study.add_argument("--out", help="folder (default: results/scale_study[_PRESET])")
