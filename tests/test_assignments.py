@@ -381,8 +381,8 @@ MUTANTS = {
             "the two models swapped",
             [
                 (
-                    'compare(model_row("resolution", seed), model_row("compound_paper", seed))',
                     'compare(model_row("compound_paper", seed), model_row("resolution", seed))',
+                    'compare(model_row("resolution", seed), model_row("compound_paper", seed))',
                 )
             ],
             True,

@@ -12,8 +12,8 @@ tool, run here through its Python API) writes
                                                  the assignment asks for (`GRADED`: each is a
                                                  stub that raises NotImplementedError)
     <out>/<name>/student/results/...            the stored results the notebook reads (`DATA`:
-                                                 A3 reads part of the scale study), at the same
-                                                 paths as in the repository
+                                                 A3 reads parts of the two scale studies), at
+                                                 the same paths as in the repository
     <out>/<name>/autograder/<name>.ipynb        the solutions, with every test
     <out>/<name>/autograder/<name>-autograder.zip   upload to Gradescope, or grade locally with
                                                  `otter run` / `otter grade`
@@ -96,47 +96,53 @@ GRADED = {
 
 # What each assignment reads besides the package: files of this repository, copied next to the
 # handout's notebook and into the zip's files/ (so next to each submission) at the same relative
-# paths. A3 reads finished models of the scale study, named one by one: a rerun of the study only
-# adds files, so these stay as they are and the build stays reproducible while it runs.
-_STUDY_RUNS = "results/scale_study/runs"
+# paths. A3 reads finished models of the two scale studies, named one by one: the 40-epoch study
+# (still training its 4x and 8x models, which A3 does not read) and the 20-epoch study, its
+# short-budget arm. A run of a study only adds files, so these stay as they are and the build
+# stays reproducible while it runs.
+_STUDY = "results/scale_study_long"  # the 40-epoch study
+_HALF = "results/scale_study"  # the 20-epoch study
+_GRID_SHAPES = (  # step 1: the ten grid candidates at 2x the FLOPs (seeds 0 and 1)
+    "d0.7000-w0.5000-r79",
+    "d0.7000-w0.5516-r65",
+    "d0.7000-w0.7410-r54",
+    "d0.7402-w0.5507-r66",
+    "d0.7615-w0.5000-r69",
+    "d0.7748-w0.6679-r61",
+    "d0.8496-w0.5311-r65",
+    "d0.9763-w0.7185-r54",
+    "d1.0497-w0.5500-r61",
+    "d1.5005-w0.5000-r54",
+)
+_STEP2_SHAPES = (  # the four 2x models of step 2 (resolution, the paper's, depth, width only)
+    "d0.7000-w0.5000-r79",
+    "d0.8496-w0.5311-r65",
+    "d1.5005-w0.5000-r54",
+    "d0.7000-w0.7410-r54",
+)
 DATA = {
     "a3_scale_and_look": [
-        "results/scale_study/study.json",
-        # the baseline: 20 epochs (seeds 0-3; 3 is the one with weights), 5 epochs (seeds 0-2),
-        *[f"{_STUDY_RUNS}/d0.7000-w0.5000-r54-e20-s{seed}.json" for seed in range(4)],
-        *[f"{_STUDY_RUNS}/d0.7000-w0.5000-r54-e5-s{seed}.json" for seed in range(3)],
-        f"{_STUDY_RUNS}/d0.7000-w0.5000-r54-e40-s0.json",  # and seed 0 for 40 epochs: a plateau?
-        # step 1: the ten grid candidates at 2x the FLOPs, seeds 0 and 1
+        # the 40-epoch study: its baseline (seeds 0-3; 3 is the one with weights), step 1's grid,
+        # seed 2 (step 2's own) of the four 2x models, and three of its saved models
+        f"{_STUDY}/study.json",
+        *[f"{_STUDY}/runs/d0.7000-w0.5000-r54-e40-s{seed}.json" for seed in range(4)],
+        *[f"{_STUDY}/runs/{shape}-e40-s{seed}.json" for shape in _GRID_SHAPES for seed in (0, 1)],
+        *[f"{_STUDY}/runs/{shape}-e40-s2.json" for shape in _STEP2_SHAPES],
+        f"{_STUDY}/models/baseline-x1-seed3.pt",
+        f"{_STUDY}/models/compound_paper-x2-seed2.pt",
+        f"{_STUDY}/models/resolution-x2-seed2.pt",
+        # the 20-epoch study: the same baseline (20 epochs, seeds 0-3; 5 epochs, seeds 0-2), the
+        # same grid and seed 2 at 2x after 20 epochs, and all three seeds of the 5-epoch 2x runs
+        f"{_HALF}/study.json",
+        *[f"{_HALF}/runs/d0.7000-w0.5000-r54-e20-s{seed}.json" for seed in range(4)],
+        *[f"{_HALF}/runs/d0.7000-w0.5000-r54-e5-s{seed}.json" for seed in range(3)],
+        *[f"{_HALF}/runs/{shape}-e20-s{seed}.json" for shape in _GRID_SHAPES for seed in (0, 1)],
         *[
-            f"{_STUDY_RUNS}/{shape}-e20-s{seed}.json"
-            for shape in (
-                "d0.7000-w0.5000-r79",
-                "d0.7000-w0.5516-r65",
-                "d0.7000-w0.7410-r54",
-                "d0.7402-w0.5507-r66",
-                "d0.7615-w0.5000-r69",
-                "d0.7748-w0.6679-r61",
-                "d0.8496-w0.5311-r65",
-                "d0.9763-w0.7185-r54",
-                "d1.0497-w0.5500-r61",
-                "d1.5005-w0.5000-r54",
-            )
-            for seed in (0, 1)
-        ],
-        # seed 2 (step 2's own) of the four 2x models, and all three seeds of their 5-epoch runs
-        *[
-            f"{_STUDY_RUNS}/{shape}-e{epochs}-s{seed}.json"
-            for shape in (
-                "d0.7000-w0.5000-r79",
-                "d0.8496-w0.5311-r65",
-                "d1.5005-w0.5000-r54",
-                "d0.7000-w0.7410-r54",
-            )
+            f"{_HALF}/runs/{shape}-e{epochs}-s{seed}.json"
+            for shape in _STEP2_SHAPES
             for epochs, seeds in ((20, (2,)), (5, (0, 1, 2)))
             for seed in seeds
         ],
-        "results/scale_study/models/baseline-x1-seed3.pt",
-        "results/scale_study/models/compound_paper-x2-seed2.pt",
     ],
 }
 
@@ -195,13 +201,13 @@ def package_files() -> list[Path]:
 
 def data_files(assignment: str) -> list[str]:
     """The repository files `assignment` reads (`DATA`), relative paths; refuses if one is
-    missing (the scale study may not have trained it yet)."""
+    missing (a scale study may not have trained it yet)."""
     missing = [name for name in DATA.get(assignment, []) if not (REPOSITORY / name).is_file()]
     if missing:
         raise FileNotFoundError(
             f"{assignment} reads {missing[0]}"
             + (f" and {len(missing) - 1} more files" if len(missing) > 1 else "")
-            + ", not in this repository: train them first (effnet-edu scale-study --preset full)"
+            + ", not in this repository: train them first (effnet-edu scale-study)"
         )
     return sorted(DATA.get(assignment, []))
 
