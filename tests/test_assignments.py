@@ -688,6 +688,51 @@ def test_student_version_has_no_solutions_or_hidden_tests(build, name):
     assert "otter_answer_cell" in raw
 
 
+# Conclusions of A3's written questions (q4-q6) as their model answers state them. Markdown
+# outside a solution block reaches the handout as it is (A3's Summary once gave these away).
+A3_CONCLUSIONS = (
+    "+0.4 points",  # q4(c): ours minus resolution only, mean over the three seeds
+    "not separable at 2×",
+    "The winner depends on",  # q4(b)
+    "10 of the 16",  # q5(b)
+    "+22.2",
+    "a tie (question 2",
+    "0.143",  # q6(a)
+    "is 0.33",  # q6(b)
+)
+
+
+def test_a3_handout_states_no_written_answer(build):
+    name = "a3_scale_and_look"
+    student = _read(build(name) / "student" / f"{name}.ipynb")
+    text = "\n".join(c.source for c in student.cells)
+    leaked = [phrase for phrase in A3_CONCLUSIONS if phrase in text]
+    assert not leaked, f"{name}: the handout states answers of q4-q6: {leaked}"
+    master = "\n".join(c.source for c in _read(MASTERS[name]).cells)
+    assert all(phrase in master for phrase in A3_CONCLUSIONS), "update A3_CONCLUSIONS"
+
+
+def test_a3_budget_table_compares_as_notebook_03_does():
+    """A3's budget table sets each family's mean against the baseline's mean over all its seeds
+    (four at 20 and 40 epochs), as notebook 03 does: these are the differences its check cell
+    asserts (final numbers), and the model answer of q5 quotes the texture counts printed."""
+    cells = _read(MASTERS["a3_scale_and_look"]).cells
+    out = "\n".join(o.get("text", "") for c in cells if c.cell_type == "code" for o in c.outputs)
+    table = out[out.index("\n5-epoch schedule:\n") :]  # the budget table's lines
+
+    def block(epochs):  # the lines under "<epochs>-epoch schedule:"
+        return table.split(f"\n{epochs}-epoch schedule:\n")[1].split("-epoch schedule:\n")[0]
+
+    for epochs, depth, resolution in ((20, "-2.5", "+22.2"), (40, "+2.5", "+8.3")):
+        block_ = block(epochs)
+        assert "mean minus the baseline's mean (4 seeds)" in block_, block_
+        assert f"depth only {depth}," in block_ and f"resolution only {resolution}," in block_
+    answers = "\n".join(c.source for c in cells if c.cell_type == "markdown")
+    for epochs, learnt in ((20, 3), (40, 10)):
+        assert f"learnt the texture (>= 98 %): {learnt} of 16 models" in block(epochs)
+        assert f"{learnt} of the\n16 have" in answers or f"{learnt} of the 16 have" in answers
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_student_version_fails_every_question(build, name):
     student = _read(build(name) / "student" / f"{name}.ipynb")
