@@ -182,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=tuple(PRESETS),
         default="quick",
-        help="quick: 5 models, about 3 minutes on 2 CPU cores; long: the study the notebooks "
-        "read (40 epochs); full: the same design at 20 epochs, its short-budget arm; gpu: more "
+        help="quick: 5 models, about 3 minutes on 2 CPU cores; full: the study the notebooks "
+        "read (40 epochs); half: the same design at 20 epochs, its short-budget arm; gpu: more "
         "seeds and epochs, on CUDA",
     )
     study.add_argument("--out", help="folder (default: results/scale_study[_PRESET])")

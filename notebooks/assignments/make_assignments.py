@@ -100,8 +100,8 @@ GRADED = {
 # (still training its 4x and 8x models, which A3 does not read) and the 20-epoch study, its
 # short-budget arm. A run of a study only adds files, so these stay as they are and the build
 # stays reproducible while it runs.
-_STUDY = "results/scale_study_long"  # the 40-epoch study
-_HALF = "results/scale_study"  # the 20-epoch study
+_STUDY = "results/scale_study"  # the 40-epoch study
+_HALF = "results/scale_study_half"  # the 20-epoch study
 _GRID_SHAPES = (  # step 1: the ten grid candidates at 2x the FLOPs (seeds 0 and 1)
     "d0.7000-w0.5000-r79",
     "d0.7000-w0.5516-r65",
