@@ -186,7 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
         "read (40 epochs); half: the same design at 20 epochs, its short-budget arm; gpu: more "
         "seeds and epochs, on CUDA",
     )
-    study.add_argument("--out", help="folder (default: results/scale_study[_PRESET])")
+    study.add_argument(
+        "--out",
+        help="folder (default: results/scale_study for full, results/scale_study_PRESET otherwise)",
+    )
     study.add_argument("--workers", type=count, default=1, help="models trained at once")
     return parser
 

@@ -152,6 +152,23 @@ def test_scale_study_offers_every_preset():
         assert parser.parse_args(["scale-study", "--preset", name]).preset == name
 
 
+def test_scale_study_default_folders(monkeypatch):
+    # The study the notebooks read is results/scale_study; every other preset has its own folder.
+    from effnet_edu import study
+
+    seen = []
+    monkeypatch.setattr(study, "run_study", lambda preset, out, workers: seen.append(out) or [])
+    monkeypatch.setattr(study, "best_candidate", lambda rows, preset: None)
+    for name in ("full", "half", "quick", "gpu"):
+        assert run("scale-study", "--preset", name) == 0
+    assert seen == [
+        "results/scale_study",
+        "results/scale_study_half",
+        "results/scale_study_quick",
+        "results/scale_study_gpu",
+    ]
+
+
 def test_study_refuses_a_folder_that_holds_a_study(tmp_path, capsys):
     results = tmp_path / "results.json"
     results.write_text("[]")
