@@ -688,7 +688,8 @@ def select(
     rows, family=None, target=None, experiment=("grid", "matched"), direction=None, epochs=None
 ):
     """The rows of one comparison point: `family` at `target`, trained in `experiment` (grid rows
-    count as step 2's 2x models), or by `direction` (alpha, beta, gamma) for grid candidates."""
+    count as step 2's 2x models), or by `direction` (alpha, beta, gamma) for grid candidates.
+    Sorted by seed, so that seed-by-seed comparisons can zip two selections."""
     chosen = []
     for r in rows:
         if family is not None and r["family"] != family:
